@@ -1,0 +1,125 @@
+"""An on-disk cache of generated arrays that is never trusted blindly.
+
+Each entry is one ``.npz`` file named by a key of everything that shaped it. The file carries its
+own metadata (the full key and a SHA-256 of every array), so a truncated, corrupted or stale file is
+detected on load and rebuilt. Writes go to a temporary file that is renamed into place, so a run
+killed mid-write leaves no half entry. Files load with ``allow_pickle=False``: no code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CacheError", "cache_key", "load_or_build"]
+
+log = logging.getLogger(__name__)
+_META = "__meta__"
+
+
+class CacheError(OSError):
+    """The cache directory can't be written (read-only, full, or not a directory)."""
+
+
+def cache_key(spec: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-able description of the data."""
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _load(path: Path, spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(bytes(arrays.pop(_META)).decode())
+    if meta.get("spec") != json.loads(json.dumps(spec, sort_keys=True, default=str)):
+        raise ValueError("it was built from a different specification (stale)")
+    if meta.get("sha256") != _digest(arrays):
+        raise ValueError("its checksum does not match its contents (corrupt)")
+    return arrays
+
+
+def load_or_build(
+    directory: str | Path,
+    prefix: str,
+    spec: Mapping[str, Any],
+    build: Callable[[], Mapping[str, np.ndarray]],
+) -> tuple[dict[str, np.ndarray], Path]:
+    """Load the cached arrays for ``spec``, or build, save and return them.
+
+    Args:
+        directory: where cache files live (created if missing).
+        prefix: a readable file-name prefix, e.g. ``"morphomnist-embedded"``.
+        spec: everything that shapes the data (source, seed, sizes, code version); JSON-able.
+        build: makes the arrays when there is no valid cache file.
+
+    Returns:
+        The arrays, and the path of the cache file.
+
+    Raises:
+        CacheError: the directory can't be created or written; the message says how to fix it.
+    """
+    directory = Path(directory).expanduser()
+    path = directory / f"{prefix}-{cache_key(spec)}.npz"
+    if path.exists():
+        try:
+            return _load(path, spec), path
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            log.warning("Rebuilding the cache %s: %s", path, error)
+    _check_writable(directory)  # fail before a long build, not after it
+    arrays = dict(build())
+    _save(path, spec, arrays)
+    return arrays, path
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CacheError(
+            f"cannot write the dataset cache to {directory}: {error}. Point data_dir at a "
+            "writable directory (e.g. data.data_dir=/tmp/cfzoo-data)."
+        ) from error
+
+
+def _save(path: Path, spec: Mapping[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    meta = {"spec": json.loads(json.dumps(spec, sort_keys=True, default=str))}
+    meta["sha256"] = _digest(arrays)
+    payload = dict(arrays)
+    payload[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        size_mb = sum(a.nbytes for a in arrays.values()) / 2**20
+        raise CacheError(
+            f"cannot write the dataset cache {path}: {error}. Point data_dir at a writable "
+            f"directory with at least {size_mb:.0f} MB free (e.g. data.data_dir=/tmp/cfzoo-data)."
+        ) from error

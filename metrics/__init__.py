@@ -1,0 +1,1 @@
+"""cfzoo metrics: counterfactual soundness (composition, reversibility, effectiveness, truth)."""

@@ -1,0 +1,1 @@
+"""cfzoo models: causal image mechanisms behind one abduction-action-prediction interface."""

@@ -1,0 +1,31 @@
+"""Shared fixtures: one tiny causal Morpho-MNIST for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules import MorphoMNISTDataModule
+
+#: Source digits in the shared tiny dataset: enough for the laws' statistics, fast to generate.
+TINY_DIGITS = 500
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def morpho(data_dir) -> MorphoMNISTDataModule:
+    datamodule = MorphoMNISTDataModule(
+        data_dir=str(data_dir), limit=TINY_DIGITS, batch_size=32, seed=0
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

