@@ -382,3 +382,26 @@ def standardisation(values: np.ndarray) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     sd = float(values.std())
     return float(values.mean()), sd if sd > 0 and math.isfinite(sd) else 1.0
+
+
+class AnalyticMechanism(torch.nn.Module):
+    """A dataset's true structural equation ``v = f(u; pa)`` for one attribute, in natural units.
+
+    Synthetic datasets subclass it so that a model's attribute SCM can use the true equations and
+    image-mechanism error can be measured apart from attribute-mechanism error.
+    """
+
+    def abduct(self, value: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """The exogenous noise ``u`` with ``f(u; pa) = value``."""
+        raise NotImplementedError
+
+    def predict(self, noise: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """``f(u; pa)``."""
+        raise NotImplementedError
+
+    def log_prob(self, value: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """``log p(value | pa)`` per sample."""
+        raise NotImplementedError
+
+    def sample_noise(self, n: int, device: torch.device | None = None) -> Tensor:
+        raise NotImplementedError

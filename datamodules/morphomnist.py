@@ -33,6 +33,7 @@ from datamodules import morphometry
 from datamodules.base import (
     CATEGORICAL,
     CONTINUOUS,
+    AnalyticMechanism,
     CausalGraph,
     CounterfactualDataModule,
     ImageAttributeDataset,
@@ -75,6 +76,47 @@ def intensity_noise(thickness: np.ndarray, intensity: np.ndarray) -> np.ndarray:
     """Abduct ``e`` from ``(t, i)``: the inverse of :func:`intensity_law`."""
     p = (np.asarray(intensity, dtype=np.float64) - 64.0) / 191.0
     return (np.log(p) - np.log1p(-p) - (2.0 * np.asarray(thickness, dtype=np.float64) - 5.0)) / 0.5
+
+
+class ThicknessLaw(AnalyticMechanism):
+    """``t = 0.5 + g``, ``g ~ Gamma(shape=10, rate=5)``; the noise is ``g``."""
+
+    def abduct(self, value, pa):
+        return value - 0.5
+
+    def predict(self, noise, pa):
+        return noise + 0.5
+
+    def log_prob(self, value, pa):
+        return torch.distributions.Gamma(10.0, 5.0).log_prob((value - 0.5).clamp(min=1e-6))
+
+    def sample_noise(self, n, device=None):
+        return torch.distributions.Gamma(10.0, 5.0).sample((n,)).to(device)
+
+
+class IntensityLaw(AnalyticMechanism):
+    """``i = 64 + 191 * sigmoid(0.5 e + 2 t - 5)``, ``e ~ N(0, 1)``; the noise is ``e``."""
+
+    def abduct(self, value, pa):
+        p = ((value - 64.0) / 191.0).clamp(1e-6, 1 - 1e-6)
+        return (torch.logit(p) - (2.0 * pa["thickness"] - 5.0)) / 0.5
+
+    def predict(self, noise, pa):
+        return 64.0 + 191.0 * torch.sigmoid(0.5 * noise + 2.0 * pa["thickness"] - 5.0)
+
+    def log_prob(self, value, pa):
+        p = ((value - 64.0) / 191.0).clamp(1e-6, 1 - 1e-6)
+        noise = self.abduct(value, pa)
+        # change of variables: |de/di| = 2 / (191 p (1 - p))
+        log_det = torch.log(torch.tensor(2.0 / 191.0)) - torch.log(p) - torch.log1p(-p)
+        return torch.distributions.Normal(0.0, 1.0).log_prob(noise) + log_det
+
+    def sample_noise(self, n, device=None):
+        return torch.randn(n, device=device)
+
+
+#: The true equations of the attributes that have them (digit is learned: it is uniform).
+ANALYTIC_MECHANISMS = {"thickness": ThicknessLaw, "intensity": IntensityLaw}
 
 
 def render_digits(

@@ -1,0 +1,230 @@
+"""The counterfactual interface every model family implements: abduct, act, predict.
+
+A family subclasses :class:`CounterfactualModel` and implements three methods:
+
+- ``image_loss(batch) -> (loss, logs)``: its training objective;
+- ``abduct_image(x, pa, **options) -> dict``: the exogenous noise of the image;
+- ``predict(noise, pa, **options) -> images``: the image from that noise and (new) attributes.
+
+Everything else (input checks, the attribute SCM and its joint training, interventions, options
+with defaults from the hyperparameters, the optimiser, checkpoint tagging) lives here once.
+
+Example:
+    >>> model = models.load_model("outputs/.../checkpoints/last.ckpt")
+    >>> cf = model.counterfactual(batch["x"], batch["pa"], {"thickness": lambda t: t + 1})
+    >>> cf.image, cf.parents["intensity"]  # intensity follows thickness through the SCM
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from datamodules import ANALYTIC_MECHANISMS
+from datamodules.base import CausalGraph, Intervention
+from models.scm import AttributeSCM
+
+__all__ = ["Counterfactual", "CounterfactualModel", "Exogenous"]
+
+#: Key under which a checkpoint records its model class, for ``models.load_model``.
+CHECKPOINT_CLASS_KEY = "cfzoo_model"
+
+
+@dataclass
+class Exogenous:
+    """The exogenous noise behind observed images and attributes.
+
+    Attributes:
+        image: the image mechanism's noise, named per family (e.g. ``{"z": ..., "residual": ...}``).
+        attributes: each attribute's noise under the attribute SCM.
+    """
+
+    image: dict[str, Tensor]
+    attributes: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Counterfactual:
+    """The answer to a counterfactual query.
+
+    Attributes:
+        image: ``(B, C, H, W)`` counterfactual images in [0, 1].
+        parents: the counterfactual attributes (natural units).
+        factual_image: the input images.
+        factual_parents: the input attributes.
+        noise: the abducted exogenous noise.
+        do: the interventions, resolved to one tensor per intervened variable.
+    """
+
+    image: Tensor
+    parents: dict[str, Tensor]
+    factual_image: Tensor
+    factual_parents: dict[str, Tensor]
+    noise: Exogenous
+    do: dict[str, Tensor]
+
+
+class CounterfactualModel(pl.LightningModule):
+    """Base class of every image mechanism in the zoo.
+
+    Args:
+        graph: the datamodule's causal graph, as ``CausalGraph.to_dict()`` (plain data).
+        image_shape: ``(C, H, W)`` of the images.
+        dataset: the datamodule's name, so a checkpoint can't be scored on another dataset.
+        scm: options of the :class:`AttributeSCM` (``mechanism``, ``hidden``, ``transforms``).
+        scm_weight: weight of the attributes' NLL in the joint loss (0 leaves the SCM untrained).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+    """
+
+    #: Counterfactual-time options of the family; their defaults are hyperparameters of the same name.
+    options: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        graph: Mapping[str, Any],
+        image_shape: Sequence[int],
+        dataset: str = "unknown",
+        scm: Mapping[str, Any] | None = None,
+        scm_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        self.graph = CausalGraph.from_dict(graph)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.dataset_name = dataset
+        scm = dict(scm or {})
+        self.scm = AttributeSCM(self.graph, analytic=ANALYTIC_MECHANISMS.get(dataset), **scm)
+        self.scm_weight = scm_weight
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    # -- the family's part ----------------------------------------------------------------------
+    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def abduct_image(
+        self, x: Tensor, pa: Mapping[str, Tensor], **options: Any
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def predict(self, noise: Exogenous, pa: Mapping[str, Tensor], **options: Any) -> Tensor:
+        """The image generated from ``noise`` under attributes ``pa`` (``(B, C, H, W)`` in [0, 1])."""
+        raise NotImplementedError
+
+    # -- the interface --------------------------------------------------------------------------
+    def abduct(self, x: Tensor, pa: Mapping[str, Tensor], **options: Any) -> Exogenous:
+        """The exogenous noise of the images and of their attributes."""
+        x, pa = self.check_inputs(x, pa)
+        return self._abduct(x, pa, self.resolve_options(options))
+
+    def _abduct(self, x: Tensor, pa: dict[str, Tensor], options: dict[str, Any]) -> Exogenous:
+        return Exogenous(image=self.abduct_image(x, pa, **options), attributes=self.scm.abduct(pa))
+
+    @torch.inference_mode()
+    def counterfactual(
+        self,
+        x: Tensor,
+        pa: Mapping[str, Tensor],
+        do: Mapping[str, Intervention],
+        **options: Any,
+    ) -> Counterfactual:
+        """Answer "what would ``x`` look like under ``do``?" by abduction, action and prediction.
+
+        Args:
+            x: ``(B, C, H, W)`` images in [0, 1].
+            pa: their attributes, ``(B,)`` tensors in natural units.
+            do: name -> value per sample (tensor), scalar, or function of the factual value.
+            **options: the family's counterfactual-time options (see ``options``).
+
+        Raises:
+            ValueError: wrong image shape, missing or out-of-support attributes, unknown names,
+                wrong shapes or out-of-support values in ``do``, unknown options.
+        """
+        x, pa = self.check_inputs(x, pa)
+        options = self.resolve_options(options)
+        noise = self._abduct(x, pa, options)
+        resolved = self.graph.resolve(pa, do)
+        parents = self.scm.act(pa, resolved, noise.attributes)
+        image = self.predict(noise, parents, **options)
+        return Counterfactual(
+            image=image,
+            parents=parents,
+            factual_image=x,
+            factual_parents=pa,
+            noise=noise,
+            do=resolved,
+        )
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            accepted = ", ".join(self.options) or "none"
+            raise ValueError(
+                f"{type(self).__name__} has no counterfactual option(s) {sorted(unknown)}; "
+                f"it accepts: {accepted}"
+            )
+        return {name: options.get(name, self.hparams[name]) for name in self.options}
+
+    def check_inputs(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Validate and move images and attributes to the model's device."""
+        x = torch.as_tensor(x)
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}) in [0, 1] "
+                f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
+            )
+        missing = [name for name in self.graph.names if name not in pa]
+        if missing:
+            raise ValueError(
+                f"pa lacks attribute(s) {missing}; the model needs {', '.join(self.graph.names)}"
+            )
+        checked = {}
+        for variable in self.graph.variables:
+            value = torch.as_tensor(pa[variable.name])
+            if tuple(value.shape) != (len(x),):
+                raise ValueError(
+                    f"pa['{variable.name}'] must have shape ({len(x)},) like the images, "
+                    f"got {tuple(value.shape)}"
+                )
+            checked[variable.name] = variable.check(value, what="pa").to(self.device)
+        return x.to(self.device, torch.float32), checked
+
+    # -- training -------------------------------------------------------------------------------
+    def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        loss, logs = self.image_loss(batch)
+        if self.scm_weight > 0 and any(p.requires_grad for p in self.scm.parameters()):
+            scm_nll = self.scm.nll(batch["pa"])
+            # Disjoint parameters: the weight only matters through gradient clipping and logs.
+            loss = loss + self.scm_weight * scm_nll
+            logs["scm_nll"] = scm_nll
+        logs["loss"] = loss
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in logs.items()},
+            prog_bar=stage == "train",
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=len(batch["x"]),
+        )
+        return loss
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__

@@ -1,0 +1,57 @@
+"""Load any zoo checkpoint without Hydra and without executing code from it."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel
+from models.vae import ConditionalVAE
+
+#: Class name recorded in a checkpoint -> model class.
+MODELS: dict[str, type[CounterfactualModel]] = {cls.__name__: cls for cls in (ConditionalVAE,)}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}. Train one with `python train.py` (it prints the paths of "
+            "last.ckpt and the best checkpoint) or check the path."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a readable checkpoint: it is truncated, corrupt, or holds objects that "
+            f"can't load safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            "Use another checkpoint of the run (last.ckpt or the best one) or re-train."
+        ) from error
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> CounterfactualModel:
+    """Load a model of any family from its checkpoint, in eval mode.
+
+    The checkpoint is read with ``weights_only=True``: loading never runs code from the file.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a truncated or corrupt file, or a checkpoint that is not a cfzoo model.
+    """
+    checkpoint = read_checkpoint(path)
+    name = checkpoint.get(CHECKPOINT_CLASS_KEY)
+    if name is None:
+        raise ValueError(
+            f"{path} is not a cfzoo model checkpoint (it has no '{CHECKPOINT_CLASS_KEY}' entry). "
+            "Pass a checkpoint written by `python train.py`."
+        )
+    if name not in MODELS:
+        raise ValueError(f"{path} holds an unknown model class '{name}'; known: {sorted(MODELS)}")
+    model = MODELS[name].load_from_checkpoint(
+        Path(path).expanduser(), map_location=map_location, weights_only=True
+    )
+    return model.eval()

@@ -1,0 +1,56 @@
+"""Tiny trained models of every family, shared by the contract tests."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from models.vae import ConditionalVAE
+
+#: Family name -> constructor of a tiny instance, and the null intervention's error bound (max
+#: absolute error on [0, 1]). Later families join here and run the whole contract.
+FAMILIES = {
+    "vae": (
+        lambda dm: ConditionalVAE(
+            graph=dm.graph.to_dict(),
+            image_shape=dm.image_shape,
+            dataset=dm.name,
+            latent_dim=4,
+            widths=(8, 16),
+            hidden=32,
+            scm={"hidden": 16, "transforms": 2},
+        ),
+        1e-4,
+    ),
+}
+
+
+def fit_briefly(model, datamodule, steps: int = 15) -> None:
+    """A few optimiser steps, so the mechanisms are not at their initialisation."""
+    optimiser = model.configure_optimizers()
+    model.train()
+    loader = itertools.cycle(datamodule.train_dataloader())
+    for _ in range(steps):
+        loss = model._step(next(loader), "train")
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def family(request, morpho):
+    """(name, trained tiny model, null-intervention bound) for each family."""
+    build, bound = FAMILIES[request.param]
+    torch.manual_seed(0)
+    model = build(morpho)
+    model.log_dict = lambda *args, **kwargs: None  # no Trainer attached
+    fit_briefly(model, morpho)
+    return request.param, model, bound
+
+
+@pytest.fixture(scope="session")
+def test_batch(morpho):
+    return next(iter(morpho.test_dataloader()))

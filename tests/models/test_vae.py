@@ -1,0 +1,39 @@
+import torch
+
+from models.nn.likelihoods import DiscretizedGaussian
+
+
+def test_residual_off_returns_the_decoder_mean(morpho, test_batch):
+    from tests.models.conftest import FAMILIES
+
+    model = FAMILIES["vae"][0](morpho).eval()
+    cf = model.counterfactual(test_batch["x"], test_batch["pa"], {}, residual=False)
+    with torch.no_grad():
+        mean, _ = model.encode(test_batch["x"], test_batch["pa"])
+        decoded = (model.decode(mean, test_batch["pa"]).expected + 1) / 2
+    assert torch.allclose(cf.image, decoded, atol=1e-6)
+
+
+def test_temperature_samples_the_posterior(morpho, test_batch):
+    from tests.models.conftest import FAMILIES
+
+    model = FAMILIES["vae"][0](morpho).eval()
+    x, pa = test_batch["x"], test_batch["pa"]
+    cold = model.abduct(x, pa, temperature=0.0)
+    warm = model.abduct(x, pa, temperature=1.0)
+    mean, _ = model.encode(x, pa)
+    assert torch.equal(cold.image["z"], mean)
+    assert not torch.allclose(warm.image["z"], mean)
+
+
+def test_discretized_gaussian_is_a_distribution_over_256_levels():
+    levels = torch.linspace(-1, 1, 256).view(256, 1, 1, 1)
+    for mean, log_scale in [(0.3, -3.0), (-0.9, -1.0), (0.0, -6.0)]:
+        dist = DiscretizedGaussian(
+            torch.full_like(levels, mean), torch.full_like(levels, log_scale)
+        )
+        total = dist.log_prob(levels).exp().sum()
+        assert abs(total.item() - 1.0) < 1e-3
+    dist = DiscretizedGaussian(torch.zeros(2), torch.full((2,), -2.0))
+    y = torch.tensor([0.5, -0.25])
+    assert torch.allclose(dist.sample_from_noise(dist.noise(y)), y)

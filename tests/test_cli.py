@@ -1,0 +1,163 @@
+"""End to end: the real train.yaml, shrunk; resume; the counterfactual command line."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import train as train_script
+from models import load_model
+from models.__main__ import main as counterfactual_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.limit=200",
+    "data.batch_size=32",
+    "model.latent_dim=4",
+    "model.widths=[8,16]",
+    "model.hidden=32",
+    "model.scm.hidden=16",
+    "model.scm.transforms=2",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "~callbacks.progress_bar",
+    "trainer.enable_progress_bar=false",
+    "grid.num_samples=4",
+]
+
+
+def compose_train(data_dir: Path, run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *TINY,
+                f"data.data_dir={data_dir}",
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={run_dir}",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = train_script.train(compose_train(data_dir, run_dir))
+    return run_dir, metrics
+
+
+def test_train_writes_checkpoints_and_a_grid(trained):
+    run_dir, metrics = trained
+    assert Path(metrics["last_ckpt"]).is_file()
+    assert Path(metrics["best_ckpt"]).is_file()
+    assert Path(metrics["grid"]).stat().st_size > 1000
+    assert metrics["global_step"] == 3
+    assert metrics["val/loss"] == pytest.approx(metrics["val/loss"]) and metrics["val/loss"] < 50
+
+
+def test_checkpoint_answers_counterfactuals(trained, morpho):
+    _, metrics = trained
+    model = load_model(metrics["last_ckpt"])
+    batch = next(iter(morpho.test_dataloader()))
+    cf = model.counterfactual(batch["x"], batch["pa"], {"intensity": lambda i: i * 0 + 120})
+    assert cf.image.shape == batch["x"].shape
+    assert torch.equal(cf.parents["thickness"], batch["pa"]["thickness"])
+    null = model.counterfactual(batch["x"], batch["pa"], {})
+    assert (null.image - batch["x"]).abs().max() < 1e-4
+
+
+def test_resume_continues_from_the_checkpoint_step(trained, data_dir, tmp_path):
+    _, metrics = trained
+    resumed = train_script.train(
+        compose_train(
+            data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "trainer.max_epochs=2"
+        )
+    )
+    # 3 steps from the first run, then 3 more: not 3 from zero
+    assert resumed["global_step"] == 6
+
+
+def test_train_rejects_a_missing_checkpoint(data_dir, tmp_path):
+    cfg = compose_train(data_dir, tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_script.train(cfg)
+
+
+def test_train_rejects_an_unwritable_run_directory(data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot write to the run directory"):
+        train_script.train(compose_train(data_dir, blocker / "run"))
+
+
+def test_counterfactual_command_line(trained, data_dir, tmp_path):
+    _, metrics = trained
+    out = tmp_path / "cf"
+    code = counterfactual_cli(
+        [
+            f"ckpt_path={metrics['last_ckpt']}",
+            f"data_dir={data_dir}",
+            "data.limit=200",
+            "num=5",
+            "do.thickness=4.0",
+            "shift.intensity=-10",
+            f"out_dir={out}",
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader((out / "counterfactuals.csv").open()))
+    assert len(rows) == 5
+    assert all(float(r["cf_thickness"]) == 4.0 for r in rows)
+    assert (out / "grid.png").is_file() and len(list(out.glob("*_cf.png"))) == 5
+
+
+def test_counterfactual_command_line_on_a_folder(trained, morpho, tmp_path):
+    from torchvision.utils import save_image
+
+    _, metrics = trained
+    batch = next(iter(morpho.test_dataloader()))
+    with (tmp_path / "attrs.csv").open("w") as stream:
+        stream.write("file,thickness,intensity,digit\n")
+        for i in range(3):
+            save_image(batch["x"][i], tmp_path / f"d{i}.png")
+            pa = {k: v[i].item() for k, v in batch["pa"].items()}
+            stream.write(f"d{i}.png,{pa['thickness']},{pa['intensity']},{pa['digit']}\n")
+    out = tmp_path / "out"
+    args = [
+        f"ckpt_path={metrics['last_ckpt']}",
+        f"folder={tmp_path}",
+        f"csv={tmp_path / 'attrs.csv'}",
+        "do.digit=7",
+        f"out_dir={out}",
+    ]
+    assert counterfactual_cli(args) == 0
+    assert len(list(out.glob("*_cf.png"))) == 3
+    with pytest.raises(ValueError, match="unknown variable 'colour'"):
+        counterfactual_cli(args[:3] + ["do.colour=1", f"out_dir={out}"])
+
+
+def test_help_commands():
+    result = subprocess.run(
+        [sys.executable, "train.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "ckpt_path" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "models", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "do.thickness" in result.stdout
