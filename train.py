@@ -11,59 +11,33 @@ Writes into the run directory ``checkpoints/last.ckpt``, the best checkpoint (lo
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from datamodules.base import CounterfactualDataModule
-from metrics.figures import save_grid, visible_interventions
+from datamodules.cache import ensure_writable
+from metrics.figures import counterfactual_grid
 from models.base import CounterfactualModel
 from models.loading import read_checkpoint
 
 log = logging.getLogger("cfzoo.train")
 
 
-def check_writable(directory: Path) -> None:
-    """Fail before training, not after, when the run directory can't take checkpoints."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise OSError(
-            f"cannot write to the run directory {directory}: {error}. Free some space or point "
-            "paths.log_dir (or hydra.run.dir) at a writable directory."
-        ) from error
-
-
-def counterfactual_grid(
-    model: CounterfactualModel, datamodule: CounterfactualDataModule, path: Path, n: int = 8
-) -> Path:
-    """Save factual test images and one counterfactual row per attribute."""
-    test = datamodule.test_set
-    # Spread the samples over the test split (it may be sorted by class).
-    picks = torch.linspace(0, len(test) - 1, n).long().tolist()
-    batch = torch.utils.data.default_collate(test.__getitems__(picks))
-    model.eval()
-    rows = [("factual", batch["x"], batch["pa"])]
-    for name, do in visible_interventions(batch["pa"], model.graph).items():
-        cf = model.counterfactual(batch["x"], batch["pa"], do)
-        rows.append((f"do({name})", cf.image, cf.parents))
-    title = f"{type(model).__name__} on {datamodule.name}: factual and counterfactuals"
-    return save_grid(rows, path, title)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; return the final metrics and the checkpoint paths."""
     output_dir = Path(cfg.paths.output_dir)
-    check_writable(output_dir)
+    ensure_writable(output_dir, "the run directory", "paths.log_dir (or hydra.run.dir)")
+    if "baselines" in str(cfg.model.get("_target_", "")):
+        raise ValueError(
+            f"model {cfg.model._target_} is a reference model, not trainable: "
+            "score it with `python evaluate.py model=oracle` (or identity)"
+        )
     if cfg.get("ckpt_path"):
         read_checkpoint(cfg.ckpt_path)  # a clear error for a missing or corrupt file, up front
     pl.seed_everything(cfg.seed, workers=True)
@@ -98,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["best_ckpt"] = checkpoint.best_model_path
         log.info("Last checkpoint: %s", checkpoint.last_model_path)
         log.info("Best checkpoint: %s", checkpoint.best_model_path)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and isinstance(model, CounterfactualModel):
         datamodule.setup("test")
         grid = counterfactual_grid(
             model, datamodule, output_dir / "counterfactuals.png", cfg.grid.num_samples

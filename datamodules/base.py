@@ -349,9 +349,20 @@ class CounterfactualDataModule(pl.LightningDataModule):
             f"{type(self).__name__} has no ground-truth counterfactuals (its data are not synthetic)"
         )
 
+    #: Variables whose interventions :meth:`true_counterfactual` can render (synthetic data).
+    ground_truth_variables: tuple[str, ...] = ()
+
     def attributes(self, index: Tensor) -> dict[str, Tensor]:
         """The factual attributes of samples ``index`` (natural units)."""
         raise NotImplementedError
+
+    def render(self, index: Tensor, attributes: Mapping[str, Tensor]) -> Tensor:
+        """The true image mechanism: samples ``index`` re-rendered at ``attributes`` (synthetic data)."""
+        raise NotImplementedError(f"{type(self).__name__} has no true image mechanism")
+
+    def measure_attributes(self, images: Tensor) -> dict[str, Tensor]:
+        """A model-free measurement of some attributes of images, if the dataset has one."""
+        return {}
 
     # -- loaders --------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:

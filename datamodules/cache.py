@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CacheError", "cache_key", "load_or_build"]
+__all__ = ["CacheError", "cache_key", "ensure_writable", "load_or_build"]
 
 log = logging.getLogger(__name__)
 _META = "__meta__"
@@ -83,21 +83,27 @@ def load_or_build(
             return _load(path, spec), path
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             log.warning("Rebuilding the cache %s: %s", path, error)
-    _check_writable(directory)  # fail before a long build, not after it
+    # fail before a long build, not after it
+    ensure_writable(directory, "the dataset cache", "data_dir (e.g. data.data_dir=/tmp/cfzoo-data)")
     arrays = dict(build())
     _save(path, spec, arrays)
     return arrays, path
 
 
-def _check_writable(directory: Path) -> None:
+def ensure_writable(directory: str | Path, what: str, setting: str) -> None:
+    """Create ``directory`` and check a file can be written there, before any long work.
+
+    Raises:
+        CacheError: naming ``what`` was to be written and the ``setting`` that moves it.
+    """
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
         raise CacheError(
-            f"cannot write the dataset cache to {directory}: {error}. Point data_dir at a "
-            "writable directory (e.g. data.data_dir=/tmp/cfzoo-data)."
+            f"cannot write {what} to {directory}: {error}. Free some space there or point "
+            f"{setting} at a writable directory."
         ) from error
 
 

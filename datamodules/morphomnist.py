@@ -184,6 +184,8 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
 
     name = "morphomnist"
     image_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
+    #: Variables whose interventions have a true counterfactual (a digit comes with its source).
+    ground_truth_variables = ("thickness", "intensity")
 
     def __init__(
         self,
@@ -346,13 +348,37 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
         arrays = self._load()
         factual = self.attributes(index)
         resolved = self.graph.resolve(factual, do)
-        device = factual["thickness"].device
         rows = torch.as_tensor(index, dtype=torch.long).cpu().numpy()
-        thickness = resolved.get("thickness", factual["thickness"]).float().cpu().numpy()
+        thickness = resolved.get("thickness", factual["thickness"]).float()
         if "intensity" in resolved:
-            intensity = resolved["intensity"].float().cpu().numpy()
+            intensity = resolved["intensity"].float()
         else:  # intensity is a descendant of thickness: recompute it with the sample's own noise
-            intensity = intensity_law(thickness, arrays["intensity_noise"][rows])
+            noise = arrays["intensity_noise"][rows]
+            intensity = torch.from_numpy(intensity_law(thickness.cpu().numpy(), noise))
+        attributes = {
+            "thickness": thickness,
+            "intensity": intensity.to(thickness.device),
+            "digit": factual["digit"],
+        }
+        return self.render(index, attributes), attributes
+
+    def render(self, index: Tensor, attributes: Mapping[str, Tensor]) -> Tensor:
+        """The true image mechanism: sample ``index``'s source digit at the given attributes.
+
+        Args:
+            index: ``(B,)`` sample ids (their source digits are the images' exogenous noise).
+            attributes: ``thickness`` and ``intensity`` per sample, natural units (``digit`` is
+                fixed by the source digit and ignored).
+
+        Returns:
+            ``(B, 1, 32, 32)`` images in [0, 1] on the device of ``attributes``; a sample whose
+            attributes equal its stored ones gets its stored image, bit for bit.
+        """
+        arrays = self._load()
+        rows = torch.as_tensor(index, dtype=torch.long).cpu().numpy()
+        device = attributes["thickness"].device
+        thickness = attributes["thickness"].float().cpu().numpy()
+        intensity = attributes["intensity"].float().cpu().numpy()
         images = arrays["images"][rows].copy()
         changed = (thickness != arrays["thickness"][rows]) | (
             intensity != arrays["intensity"][rows]
@@ -365,10 +391,13 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
                 intensity[changed],
                 workers=self.generation_workers,
             )
-        x = torch.from_numpy(images[:, None]).float().div_(255.0).to(device)
-        attributes = {
-            "thickness": torch.from_numpy(thickness).to(device),
-            "intensity": torch.from_numpy(intensity).to(device),
-            "digit": factual["digit"],
+        return torch.from_numpy(images[:, None]).float().div_(255.0).to(device)
+
+    def measure_attributes(self, images: Tensor) -> dict[str, Tensor]:
+        """Model-free judge: thickness and intensity measured by morphometry, natural units."""
+        stack = images.detach().float().cpu().squeeze(1).numpy() * 255.0
+        measured = morphometry.measure(stack, workers=self.generation_workers)
+        return {
+            "thickness": torch.from_numpy(measured.thickness).float(),
+            "intensity": torch.from_numpy(measured.intensity).float(),
         }
-        return x, attributes

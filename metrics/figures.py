@@ -76,3 +76,21 @@ def visible_interventions(pa: Mapping[str, Tensor], graph) -> dict[str, dict[str
             target = (value + 1) % variable.num_classes
         out[variable.name] = {variable.name: target}
     return out
+
+
+def counterfactual_grid(model, datamodule, path: str | Path, n: int = 8) -> Path:
+    """Save ``n`` test images (spread over the split) and one counterfactual row per attribute
+    the model can intervene on (see :func:`visible_interventions`)."""
+    test = datamodule.test_set
+    picks = torch.linspace(0, len(test) - 1, n).long().tolist()  # the split may be class-sorted
+    batch = torch.utils.data.default_collate(test.__getitems__(picks))
+    options = {"index": batch["index"]} if "index" in model.options else {}
+    model.eval()
+    rows = [("factual", batch["x"], batch["pa"])]
+    allowed = model.intervenable or model.graph.names
+    for name, do in visible_interventions(batch["pa"], model.graph).items():
+        if name in allowed:
+            cf = model.counterfactual(batch["x"], batch["pa"], do, **options)
+            rows.append((f"do({name})", cf.image, cf.parents))
+    title = f"{type(model).__name__} on {datamodule.name}: factual and counterfactuals"
+    return save_grid(rows, path, title)

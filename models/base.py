@@ -84,6 +84,8 @@ class CounterfactualModel(pl.LightningModule):
 
     #: Counterfactual-time options of the family; their defaults are hyperparameters of the same name.
     options: tuple[str, ...] = ()
+    #: Variables ``do`` may name (all of the graph's unless a model restricts them).
+    intervenable: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -149,6 +151,12 @@ class CounterfactualModel(pl.LightningModule):
         """
         x, pa = self.check_inputs(x, pa)
         options = self.resolve_options(options)
+        if self.intervenable is not None and not set(do) <= set(self.intervenable):
+            unsupported = sorted(set(do) - set(self.intervenable))
+            raise ValueError(
+                f"{type(self).__name__} can't intervene on {unsupported}; it supports "
+                f"{', '.join(self.intervenable)}"
+            )
         noise = self._abduct(x, pa, options)
         resolved = self.graph.resolve(pa, do)
         parents = self.scm.act(pa, resolved, noise.attributes)
@@ -170,7 +178,12 @@ class CounterfactualModel(pl.LightningModule):
                 f"{type(self).__name__} has no counterfactual option(s) {sorted(unknown)}; "
                 f"it accepts: {accepted}"
             )
-        return {name: options.get(name, self.hparams[name]) for name in self.options}
+        defaults = self.option_defaults()
+        return {name: options.get(name, defaults[name]) for name in self.options}
+
+    def option_defaults(self) -> dict[str, Any]:
+        """Defaults of the counterfactual options: the hyperparameters of the same names."""
+        return {name: self.hparams[name] for name in self.options}
 
     def check_inputs(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Validate and move images and attributes to the model's device."""

@@ -6,13 +6,17 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel
+from models.predictor import AttributePredictor
 from models.vae import ConditionalVAE
 
-#: Class name recorded in a checkpoint -> model class.
-MODELS: dict[str, type[CounterfactualModel]] = {cls.__name__: cls for cls in (ConditionalVAE,)}
+#: Class name recorded in a checkpoint -> class.
+MODELS: dict[str, type[pl.LightningModule]] = {
+    cls.__name__: cls for cls in (ConditionalVAE, AttributePredictor)
+}
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -33,14 +37,24 @@ def read_checkpoint(path: str | Path) -> dict:
         ) from error
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> CounterfactualModel:
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    kind: type[pl.LightningModule] = CounterfactualModel,
+) -> CounterfactualModel:
     """Load a model of any family from its checkpoint, in eval mode.
 
     The checkpoint is read with ``weights_only=True``: loading never runs code from the file.
 
+    Args:
+        path: a checkpoint written by ``train.py``.
+        map_location: device to load onto.
+        kind: the base class expected (``AttributePredictor`` for a predictor checkpoint).
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: a truncated or corrupt file, or a checkpoint that is not a cfzoo model.
+        ValueError: a truncated or corrupt file, a checkpoint that is not a cfzoo model, or one
+            of another kind.
     """
     checkpoint = read_checkpoint(path)
     name = checkpoint.get(CHECKPOINT_CLASS_KEY)
@@ -51,6 +65,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Co
         )
     if name not in MODELS:
         raise ValueError(f"{path} holds an unknown model class '{name}'; known: {sorted(MODELS)}")
+    if not issubclass(MODELS[name], kind):
+        raise ValueError(f"{path} holds a {name}, not a {kind.__name__}")
     model = MODELS[name].load_from_checkpoint(
         Path(path).expanduser(), map_location=map_location, weights_only=True
     )

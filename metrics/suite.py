@@ -1,0 +1,254 @@
+"""The counterfactual soundness suite: every metric, per intervention, over several seeds.
+
+Protocol (Monteiro et al., ICLR 2023, plus cfzoo's ground truth):
+
+- interventions: ``do(v)`` for each attribute ``v`` in turn, its value drawn from ``v``'s marginal
+  (another test sample's value, by a seeded permutation), and ``do(all)``: every attribute the
+  model can intervene on set to another random test sample's values (a draw from the joint);
+- descendants are recomputed by the model's own attribute SCM;
+- per intervention: effectiveness (predictors, and the datamodule's measurement when it has one),
+  reversibility, ground-truth error (where the datamodule renders the truth), FID and KID;
+- composition, once per seed (it involves no intervention);
+- each seed redraws the intervention values (and the sampling of stochastic models); results are
+  reported as mean and standard deviation over seeds.
+
+The model is touched only through ``model.counterfactual``. Batches stream through; only running
+sums are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from metrics.effectiveness import attribute_errors, predictor_errors
+from metrics.realism import Realism
+from metrics.soundness import composition, l1, reversibility, rmse
+
+ALL = "all"
+
+
+@dataclass
+class SuiteSettings:
+    """What the suite runs.
+
+    Attributes:
+        interventions: attribute names and/or ``"all"``.
+        seeds: one run per seed; the report gives mean and std over them.
+        composition_steps: ``M`` of the composition curve ``m = 1..M``.
+        reversibility_cycles: round trips of the reversibility test.
+        options: counterfactual options passed to the model (e.g. ``{"residual": False}``).
+    """
+
+    interventions: Sequence[str] = ("thickness", "intensity", "digit", ALL)
+    seeds: Sequence[int] = (0, 1, 2)
+    composition_steps: int = 10
+    reversibility_cycles: int = 3
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Sums:
+    """Running per-sample sums, keyed by metric name; the means at the end."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def add(self, name: str, values: Tensor) -> None:
+        values = values.detach().float()
+        self.total[name] = self.total.get(name, 0.0) + float(values.sum())
+        self.count[name] = self.count.get(name, 0) + values.numel()
+
+    def means(self) -> dict[str, float]:
+        return {k: self.total[k] / self.count[k] for k in self.total}
+
+
+def intervention_variables(name: str, model, datamodule) -> list[str] | None:
+    """The variables ``do(name)`` sets for this model, or ``None`` when the model can't."""
+    allowed = model.intervenable or model.graph.names
+    if name == ALL:
+        return [v for v in model.graph.names if v in allowed]
+    if name not in model.graph:
+        raise ValueError(
+            f"unknown intervention '{name}'; choose from {', '.join(model.graph.names)} or all"
+        )
+    return [name] if name in allowed else None
+
+
+def draw_interventions(
+    names: Sequence[str], test_attributes: Mapping[str, Tensor], seed: int
+) -> dict[str, Tensor]:
+    """For each intervention, which other test sample lends its values to each test sample."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(next(iter(test_attributes.values())))
+    return {name: torch.randperm(n, generator=generator) for name in names}
+
+
+def _options(model, settings: SuiteSettings, batch) -> dict[str, Any]:
+    options = dict(settings.options)
+    if "index" in model.options:  # oracles identify samples by their ids
+        options["index"] = batch["index"]
+    return options
+
+
+def _batches(datamodule):
+    position = 0
+    for batch in datamodule.test_dataloader():
+        size = len(batch["x"])
+        yield torch.arange(position, position + size), batch
+        position += size
+
+
+@torch.inference_mode()
+def floor(predictor, datamodule) -> dict[str, dict[str, float]]:
+    """The judges' own error on real test images: the best any model can score."""
+    sums, morph = _Sums(), _Sums()
+    for _, batch in _batches(datamodule):
+        for name, error in predictor_errors(predictor, batch["x"], batch["pa"]).items():
+            sums.add(name, error)
+        measured = datamodule.measure_attributes(batch["x"])
+        for name, error in attribute_errors(measured, batch["pa"], predictor.graph).items():
+            morph.add(name, error)
+    return {"predictor": sums.means(), "morphometry": morph.means()}
+
+
+@torch.inference_mode()
+def run_seed(
+    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, seed: int, bar=None
+) -> dict[str, Any]:
+    """All metrics for one seed."""
+    torch.manual_seed(seed)
+    test_attributes = datamodule.attributes(datamodule.test_set.indices)
+    draws = draw_interventions(settings.interventions, test_attributes, seed)
+    result: dict[str, Any] = {"interventions": {}, "effect_size": {}}
+
+    steps = _Sums()
+    for _, batch in _batches(datamodule):
+        curve = composition(
+            model,
+            batch["x"],
+            batch["pa"],
+            settings.composition_steps,
+            **_options(model, settings, batch),
+        )
+        for m, values in enumerate(curve, start=1):
+            steps.add(f"m{m}", values)
+        if bar is not None:
+            bar.update(len(batch["x"]))
+    result["composition"] = [
+        steps.means()[f"m{m}"] for m in range(1, settings.composition_steps + 1)
+    ]
+
+    for name in settings.interventions:
+        variables = intervention_variables(name, model, datamodule)
+        if variables is None:
+            result["interventions"][name] = None  # the model can't intervene on it (the oracle)
+            if bar is not None:
+                bar.update(len(datamodule.test_set))
+            continue
+        has_truth = datamodule.has_ground_truth and set(variables) <= set(
+            datamodule.ground_truth_variables
+        )
+        sums, sizes, size_errors = _Sums(), [], []
+        realism.reset_fake()
+        for positions, batch in _batches(datamodule):
+            source = draws[name][positions]
+            do = {v: test_attributes[v][source] for v in variables}
+            options = _options(model, settings, batch)
+            cf = model.counterfactual(batch["x"], batch["pa"], do, **options)
+            image, parents = cf.image, cf.parents
+            for attr, error in predictor_errors(predictor, image, parents).items():
+                sums.add(f"effectiveness/{attr}", error)
+            measured = datamodule.measure_attributes(image)
+            for attr, error in attribute_errors(measured, parents, model.graph).items():
+                sums.add(f"morphometry/{attr}", error)
+            if has_truth:
+                truth, _ = datamodule.true_counterfactual(batch["index"], do)
+                truth = truth.to(image.device)
+                sums.add("truth/l1", l1(image, truth))
+                sums.add("truth/rmse", rmse(image, truth))
+            cycles = reversibility(
+                model, batch["x"], batch["pa"], do, settings.reversibility_cycles, **options
+            )
+            for c, values in enumerate(cycles, start=1):
+                sums.add(f"reversibility/cycle{c}", values)
+            realism.update(image, real=False)
+            if len(variables) == 1 and model.graph[variables[0]].is_continuous:
+                v = variables[0]
+                sizes.append((do[v].cpu() - batch["pa"][v].cpu()).abs())
+                size_errors.append(predictor_errors(predictor, image, parents)[v].cpu())
+            if bar is not None:
+                bar.update(len(batch["x"]))
+        means = sums.means()
+        means.update(realism.compute())
+        result["interventions"][name] = {"variables": variables, **means}
+        if sizes:
+            result["effect_size"][name] = {
+                "size": torch.cat(sizes).tolist(),
+                "error": torch.cat(size_errors).tolist(),
+            }
+    return result
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    std = float(tensor.std()) if len(values) > 1 else 0.0
+    return {"mean": float(tensor.mean()), "std": std, "per_seed": list(values)}
+
+
+def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of every number in :func:`run_seed`'s results."""
+    curve = torch.tensor([r["composition"] for r in per_seed], dtype=torch.float64)
+    out: dict[str, Any] = {
+        "composition": {
+            "curve_mean": curve.mean(0).tolist(),
+            "curve_std": (
+                curve.std(0) if len(per_seed) > 1 else torch.zeros_like(curve[0])
+            ).tolist(),
+        },
+        "interventions": {},
+    }
+    out["composition"]["m1"] = _mean_std(curve[:, 0].tolist())
+    out["composition"][f"m{curve.shape[1]}"] = _mean_std(curve[:, -1].tolist())
+    for name, first in per_seed[0]["interventions"].items():
+        if first is None:
+            out["interventions"][name] = None
+            continue
+        metrics = {
+            k: _mean_std([r["interventions"][name][k] for r in per_seed])
+            for k in first
+            if k != "variables"
+        }
+        out["interventions"][name] = {"variables": first["variables"], **metrics}
+    out["effect_size"] = per_seed[0]["effect_size"]
+    return out
+
+
+def run_suite(
+    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, progress: bool = True
+) -> dict[str, Any]:
+    """Run every metric over the test split for each seed; return the aggregated report."""
+    start = time.perf_counter()
+    model.eval()
+    for batch in datamodule.test_dataloader():  # the real images' features, once for all seeds
+        realism.update(batch["x"], real=True)
+    n = len(datamodule.test_set)
+    total = n * len(settings.seeds) * (1 + len(settings.interventions))
+    with tqdm(total=total, desc="evaluating", unit="img", disable=not progress) as bar:
+        per_seed = [
+            run_seed(model, datamodule, predictor, realism, settings, seed, bar)
+            for seed in settings.seeds
+        ]
+    report = aggregate(per_seed)
+    report["floor"] = floor(predictor, datamodule)
+    report["num_test"] = n
+    report["seeds"] = list(settings.seeds)
+    report["realism_extractor"] = realism.extractor
+    report["seconds"] = time.perf_counter() - start
+    return report

@@ -1,0 +1,67 @@
+"""The suite on reference models: the oracle scores the floor, the identity is caught."""
+
+import pytest
+import torch
+
+from metrics.realism import Realism
+from metrics.suite import SuiteSettings, run_suite
+from models.baselines import IdentityModel, OracleModel
+
+SETTINGS = SuiteSettings(
+    interventions=("thickness", "intensity", "digit", "all"),
+    seeds=(0,),
+    composition_steps=2,
+    reversibility_cycles=1,
+)
+
+
+def score(model, morpho, predictor):
+    realism = Realism(predictor, morpho.image_shape, kid_subset_size=50)
+    return run_suite(model, morpho, predictor, realism, SETTINGS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def oracle_report(morpho, tiny_predictor):
+    return score(OracleModel(morpho), morpho, tiny_predictor)
+
+
+def test_oracle_is_the_floor(oracle_report):
+    report = oracle_report
+    assert report["composition"]["curve_mean"] == [0.0, 0.0]
+    floor = report["floor"]["predictor"]
+    for name in ("thickness", "intensity", "all"):
+        result = report["interventions"][name]
+        assert result["truth/l1"]["mean"] < 0.05, name
+        assert result["reversibility/cycle1"]["mean"] < 0.05, name
+    thickness = report["interventions"]["thickness"]
+    # the oracle's counterfactuals are real images: the judge errs on them as on real test images
+    assert thickness["effectiveness/thickness"]["mean"] < 1.5 * floor["thickness"] + 0.05
+    assert report["interventions"]["intensity"]["morphometry/intensity"]["mean"] < 1.5
+    assert report["interventions"]["digit"] is None  # no true counterfactual of another digit
+    assert report["interventions"]["all"]["variables"] == ["thickness", "intensity"]
+
+
+def test_identity_is_caught_by_effectiveness(morpho, tiny_predictor, oracle_report):
+    report = score(IdentityModel(morpho), morpho, tiny_predictor)
+    assert report["composition"]["m2"]["mean"] == 0.0  # composition alone can't tell
+    oracle = oracle_report["interventions"]["intensity"]
+    identity = report["interventions"]["intensity"]
+    assert (
+        identity["effectiveness/intensity"]["mean"] > 2 * oracle["effectiveness/intensity"]["mean"]
+    )
+    assert identity["morphometry/intensity"]["mean"] > 10 * oracle["morphometry/intensity"]["mean"]
+    assert identity["truth/l1"]["mean"] > 1.0
+    digit = report["interventions"]["digit"]["effectiveness/digit"]["mean"]
+    assert digit < 0.35  # mostly the factual class, which is wrong after do(digit)
+
+
+def test_oracle_needs_sample_ids(morpho):
+    batch = next(iter(morpho.test_dataloader()))
+    oracle = OracleModel(morpho)
+    with pytest.raises(ValueError, match="index=batch"):
+        oracle.counterfactual(batch["x"], batch["pa"], {"intensity": 100.0})
+    with pytest.raises(ValueError, match="can't intervene on \\['digit'\\]"):
+        oracle.counterfactual(batch["x"], batch["pa"], {"digit": 1}, index=batch["index"])
+    cf = oracle.counterfactual(batch["x"], batch["pa"], {"intensity": 100.0}, index=batch["index"])
+    truth, _ = morpho.true_counterfactual(batch["index"], {"intensity": 100.0})
+    assert torch.equal(cf.image, truth)
