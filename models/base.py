@@ -17,8 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,7 +33,7 @@ from datamodules import ANALYTIC_MECHANISMS
 from datamodules.base import CausalGraph, Intervention
 from models.scm import AttributeSCM
 
-__all__ = ["Counterfactual", "CounterfactualModel", "Exogenous"]
+__all__ = ["Counterfactual", "CounterfactualModel", "Exogenous", "read_checkpoint"]
 
 #: Key under which a checkpoint records its model class, for ``models.load_model``.
 CHECKPOINT_CLASS_KEY = "cfzoo_model"
@@ -80,6 +84,11 @@ class CounterfactualModel(pl.LightningModule):
         scm_weight: weight of the attributes' NLL in the joint loss (0 leaves the SCM untrained).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        ema_decay: keep an exponential moving average of ``self.net``'s weights with this decay
+            and use it outside training (0 disables; families opt in by calling
+            :meth:`setup_ema` once ``self.net`` exists).
+        skip_grad_norm: skip an optimiser update whose gradient norm exceeds this (or is not
+            finite), as VDVAE does against rare loss spikes; ``None`` never skips.
     """
 
     #: Counterfactual-time options of the family; their defaults are hyperparameters of the same name.
@@ -96,6 +105,8 @@ class CounterfactualModel(pl.LightningModule):
         scm_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        ema_decay: float = 0.0,
+        skip_grad_norm: float | None = None,
     ):
         super().__init__()
         self.graph = CausalGraph.from_dict(graph)
@@ -106,6 +117,47 @@ class CounterfactualModel(pl.LightningModule):
         self.scm_weight = scm_weight
         self.lr = lr
         self.weight_decay = weight_decay
+        self.ema_decay = ema_decay
+        self.skip_grad_norm = skip_grad_norm
+        self.ema_net: torch.nn.Module | None = None
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+
+    # -- EMA and update skipping ----------------------------------------------------------------
+    def setup_ema(self) -> None:
+        """Create the EMA copy of ``self.net`` (call at the end of a family's ``__init__``)."""
+        if self.ema_decay > 0:
+            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
+
+    @property
+    def mechanism(self) -> torch.nn.Module:
+        """The networks to use now: the EMA weights outside training, when there are some."""
+        return self.ema_net if self.ema_net is not None and not self.training else self.net
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_net is None:
+            return
+        with torch.no_grad():
+            ema = list(self.ema_net.parameters())
+            torch._foreach_lerp_(ema, list(self.net.parameters()), 1.0 - self.ema_decay)
+            for ema_buffer, buffer in zip(self.ema_net.buffers(), self.net.buffers()):
+                ema_buffer.copy_(buffer)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs after backward and before clipping and the step. Dropping every gradient makes
+        # the optimiser skip all parameters (AdamW leaves a parameter without .grad untouched,
+        # its moments included): the update is skipped, not merely clipped.
+        if self.skip_grad_norm is None:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if not torch.isfinite(norm) or norm > self.skip_grad_norm:
+            for parameter in self.parameters():
+                parameter.grad = None
+            self.skipped_updates += 1
+            self.log("train/skipped_updates", self.skipped_updates.float(), on_step=True)
 
     # -- the family's part ----------------------------------------------------------------------
     def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -241,3 +293,21 @@ class CounterfactualModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}. Train one with `python train.py` (it prints the paths of "
+            "last.ckpt and the best checkpoint) or check the path."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a readable checkpoint: it is truncated, corrupt, or holds objects that "
+            f"can't load safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            "Use another checkpoint of the run (last.ckpt or the best one) or re-train."
+        ) from error

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel
+from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel, read_checkpoint
+from models.flow import ConditionalFlow
+from models.hvae import HierarchicalVAE
 from models.predictor import AttributePredictor
 from models.vae import ConditionalVAE
 
 #: Class name recorded in a checkpoint -> class.
 MODELS: dict[str, type[pl.LightningModule]] = {
-    cls.__name__: cls for cls in (ConditionalVAE, AttributePredictor)
+    cls.__name__: cls
+    for cls in (ConditionalVAE, HierarchicalVAE, ConditionalFlow, AttributePredictor)
 }
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}. Train one with `python train.py` (it prints the paths of "
-            "last.ckpt and the best checkpoint) or check the path."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path} is not a readable checkpoint: it is truncated, corrupt, or holds objects that "
-            f"can't load safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-            "Use another checkpoint of the run (last.ckpt or the best one) or re-train."
-        ) from error
 
 
 def load_model(

@@ -68,7 +68,10 @@ class ConditionalVAE(CounterfactualModel):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ):
-        super().__init__(graph, image_shape, dataset, scm, scm_weight, lr, weight_decay)
+        super().__init__(
+            graph, image_shape, dataset, scm=scm, scm_weight=scm_weight, lr=lr,
+            weight_decay=weight_decay,
+        )
         self.save_hyperparameters()
         channels, size, _ = self.image_shape
         self.parents = ParentEncoder(self.graph, self.graph.image_parents)

@@ -29,3 +29,13 @@ def morpho(data_dir) -> MorphoMNISTDataModule:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(morpho):
+    """A small anti-causal predictor trained on the tiny dataset."""
+    from metrics.judges import train_predictor
+
+    torch.manual_seed(0)
+    predictor, _ = train_predictor(morpho, epochs=6, progress=False, widths=(8, 16), features=16)
+    return predictor

@@ -7,6 +7,8 @@ import itertools
 import pytest
 import torch
 
+from models.flow import ConditionalFlow
+from models.hvae import HierarchicalVAE
 from models.vae import ConditionalVAE
 
 #: Family name -> constructor of a tiny instance, and the null intervention's error bound (max
@@ -24,6 +26,31 @@ FAMILIES = {
         ),
         1e-4,
     ),
+    "hvae": (
+        lambda dm: HierarchicalVAE(
+            graph=dm.graph.to_dict(),
+            image_shape=dm.image_shape,
+            dataset=dm.name,
+            width=8,
+            levels=[[4, 1], [8, 1]],
+            z_channels=2,
+            scm={"hidden": 16, "transforms": 2},
+            ema_decay=0.9,
+        ),
+        1e-4,
+    ),
+    "flow": (
+        lambda dm: ConditionalFlow(
+            graph=dm.graph.to_dict(),
+            image_shape=dm.image_shape,
+            dataset=dm.name,
+            scales=2,
+            steps=2,
+            hidden=8,
+            scm={"hidden": 16, "transforms": 2},
+        ),
+        1e-4,  # exact up to float32 rounding (~1e-6)
+    ),
 }
 
 
@@ -37,6 +64,7 @@ def fit_briefly(model, datamodule, steps: int = 15) -> None:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        model.on_train_batch_end(None, None, 0)  # the EMA update
     model.eval()
 
 

@@ -1,0 +1,416 @@
+"""Hierarchical VAE image mechanism (VDVAE ladder; Ribeiro, Xia, Monteiro, Pawlowski & Glocker,
+"High Fidelity Image Counterfactuals with Probabilistic Causal Models", ICML 2023).
+
+- a bottom-up encoder over several resolutions;
+- a top-down decoder with stochastic latents ``z_l`` at several resolutions, the attributes
+  injected at every level (into the posterior, into the merge of ``z_l`` and, with
+  ``cond_prior=True``, into the prior: the "latent mediator" through which an intervention on the
+  attributes reaches the latents);
+- a discretised Gaussian likelihood over 256 levels (shared with the conditional VAE);
+- EMA weights used outside training, and skipping of updates whose gradient norm explodes.
+
+Exogenous noise (abduction), per level: ``u_l = (z_l - mu_p,l) / sigma_p,l``, the posterior latent
+``z_l = mu_q,l + temperature * sigma_q,l * eps`` standardised by the level's prior under the
+factual attributes. Prediction re-runs the top-down pass under the new attributes with
+``z_l = mu_p,l' + sigma_p,l' * u_l``: the null intervention gives back every ``z_l`` exactly. The
+temperature enters abduction only; prediction reuses ``u`` unscaled, so one noise maps to one
+image. With ``residual=True`` each pixel's residual about the decoder mean is kept too (as in
+:mod:`models.vae`).
+
+Counterfactual training (``cf_finetune``; Ribeiro et al., Sec. 3.3): a second stage that starts
+from a trained HVAE and minimises the anti-causal predictors' loss on counterfactuals, subject to
+the ELBO staying within ``elbo_slack`` of its pre-trained value; the constraint's Lagrange
+multiplier is updated by gradient ascent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import CounterfactualModel, Exogenous, read_checkpoint
+from models.nn.blocks import Bottleneck
+from models.nn.conditioning import ParentEncoder
+from models.nn.likelihoods import DiscretizedGaussian, from_signed, to_signed
+
+__all__ = ["HierarchicalVAE"]
+
+log = logging.getLogger(__name__)
+_LOG_SD_RANGE = (-7.0, 2.0)
+
+
+def _parent_map(pa_vector: Tensor, like: Tensor) -> Tensor:
+    """Broadcast ``(B, P)`` attributes over the spatial grid of ``like``."""
+    return pa_vector[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+
+
+class LatentLevel(nn.Module):
+    """One stochastic level of the top-down pass.
+
+    Args:
+        width: channels of the decoder state ``h``.
+        z_channels: channels of the latent.
+        parents: size of the attribute vector.
+        cond_prior: let the prior see the attributes.
+    """
+
+    def __init__(self, width: int, z_channels: int, parents: int, cond_prior: bool):
+        super().__init__()
+        middle = max(8, width // 4)
+        self.cond_prior = cond_prior
+        self.z_channels = z_channels
+        prior_in = width + (parents if cond_prior else 0)
+        # The prior also proposes an update of h; zero-initialised, it starts as N(0, 1) and no-op.
+        self.prior = Bottleneck(
+            prior_in, middle, 2 * z_channels + width, residual=False, zero_last=True
+        )
+        self.posterior = Bottleneck(2 * width + parents, middle, 2 * z_channels, residual=False)
+        self.merge = nn.Conv2d(z_channels + parents, width, 1)
+        self.block = Bottleneck(width, middle, width, zero_last=True)
+
+    def prior_of(self, h: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.prior(torch.cat([h, pa_map], 1) if self.cond_prior else h)
+        mean, log_sd, update = out.split(
+            [self.z_channels, self.z_channels, out.shape[1] - 2 * self.z_channels], 1
+        )
+        return mean, log_sd.clamp(*_LOG_SD_RANGE), update
+
+    def posterior_of(self, h: Tensor, act: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_sd = self.posterior(torch.cat([h, act, pa_map], 1)).chunk(2, 1)
+        return mean, log_sd.clamp(*_LOG_SD_RANGE)
+
+    def forward(
+        self,
+        h: Tensor,
+        pa_vector: Tensor,
+        act: Tensor | None,
+        mode: str,
+        noise: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """Advance ``h`` by one level. Returns the new ``h`` and, by mode, the level's KL
+        (``"train"``), its noise ``u`` (``"abduct"``) or its latent (``"predict"``)."""
+        pa_map = _parent_map(pa_vector, h)
+        p_mean, p_log_sd, update = self.prior_of(h, pa_map)
+        if mode == "predict":
+            z = p_mean + p_log_sd.exp() * noise
+            out = z
+        else:
+            q_mean, q_log_sd = self.posterior_of(h, act, pa_map)
+            scale = 1.0 if mode == "train" else temperature
+            z = q_mean + scale * q_log_sd.exp() * torch.randn_like(q_mean) if scale else q_mean
+            if mode == "train":
+                out = (
+                    (
+                        p_log_sd
+                        - q_log_sd
+                        + ((2 * q_log_sd).exp() + (q_mean - p_mean) ** 2)
+                        / (2 * (2 * p_log_sd).exp())
+                        - 0.5
+                    )
+                    .flatten(1)
+                    .sum(1)
+                )
+            else:
+                out = (z - p_mean) / p_log_sd.exp()
+        h = h + update + self.merge(torch.cat([z, pa_map], 1))
+        return self.block(h), out
+
+
+class Ladder(nn.Module):
+    """Encoder, top-down decoder and output head: the networks the EMA averages."""
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        width: int,
+        levels: Sequence[Sequence[int]],
+        z_channels: int,
+        parents: int,
+        cond_prior: bool,
+        encoder_blocks: int,
+    ):
+        super().__init__()
+        self.levels = [(int(r), int(n)) for r, n in levels]
+        latent_res = {r for r, _ in self.levels}
+        bad = [
+            r
+            for r in latent_res
+            if r > image_size or image_size % r or (image_size // r) & (image_size // r - 1)
+        ]
+        if bad:
+            raise ValueError(f"latent resolutions {bad} must be image_size / 2^k ({image_size} px)")
+        self.resolutions = [
+            image_size // 2**k for k in range(int(math.log2(image_size // min(latent_res))) + 1)
+        ]
+        middle = max(8, width // 4)
+        self.stem = nn.Conv2d(channels, width, 3, padding=1)
+        self.encoder = nn.ModuleDict(
+            {
+                str(r): nn.Sequential(
+                    *[Bottleneck(width, middle, width) for _ in range(encoder_blocks)]
+                )
+                for r in self.resolutions
+            }
+        )
+        lowest = self.resolutions[-1]
+        self.start = nn.Parameter(torch.zeros(1, width, lowest, lowest))
+        counts = dict(self.levels)
+        self.decoder = nn.ModuleDict(
+            {
+                str(r): nn.ModuleList(
+                    [
+                        LatentLevel(width, z_channels, parents, cond_prior)
+                        for _ in range(counts.get(r, 0))
+                    ]
+                )
+                for r in self.resolutions
+            }
+        )
+        # Resolutions without latents still get a block to refine h on the way up.
+        self.refine = nn.ModuleDict(
+            {
+                str(r): Bottleneck(width, middle, width, zero_last=True)
+                for r in self.resolutions
+                if counts.get(r, 0) == 0
+            }
+        )
+        self.head = nn.Conv2d(width, 2 * channels, 3, padding=1)
+
+    def encode(self, y: Tensor) -> dict[int, Tensor]:
+        acts, h = {}, self.stem(y)
+        for r in self.resolutions:
+            h = self.encoder[str(r)](h)
+            acts[r] = h
+            if r != self.resolutions[-1]:
+                h = F.avg_pool2d(h, 2)
+        return acts
+
+    def top_down(
+        self,
+        pa_vector: Tensor,
+        mode: str,
+        acts: dict[int, Tensor] | None = None,
+        noise: Sequence[Tensor] | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[DiscretizedGaussian, list[Tensor]]:
+        h = self.start.expand(len(pa_vector), -1, -1, -1)
+        outputs: list[Tensor] = []
+        for r in reversed(self.resolutions):
+            for level in self.decoder[str(r)]:
+                given = noise[len(outputs)] if noise is not None else None
+                act = acts[r] if acts is not None else None
+                h, out = level(h, pa_vector, act, mode, given, temperature)
+                outputs.append(out)
+            if str(r) in self.refine:
+                h = self.refine[str(r)](h)
+            if r != self.resolutions[0]:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+        mean, log_scale = self.head(h).chunk(2, 1)
+        return DiscretizedGaussian(mean, log_scale), outputs
+
+
+class HierarchicalVAE(CounterfactualModel):
+    """Hierarchical VAE behind the counterfactual interface.
+
+    Args:
+        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, ema_decay,
+            skip_grad_norm: see :class:`~models.base.CounterfactualModel`.
+        width: channels of the ladder.
+        levels: ``[resolution, number of latents]`` pairs, e.g. ``[[4, 2], [8, 2], [16, 1]]``.
+        z_channels: channels of each latent.
+        encoder_blocks: residual blocks per resolution in the encoder.
+        cond_prior: condition the priors on the attributes (the latent mediator).
+        beta: weight of the KL term.
+        temperature: default posterior temperature in abduction (0: the posterior mean).
+        residual: default for keeping the pixel residual as noise.
+        cf_finetune: counterfactual-training settings, or ``None`` for ordinary training:
+            ``init_ckpt`` (the pre-trained HVAE), ``predictor_ckpt`` (``None``: the cached judge
+            of the dataset), ``elbo_slack`` (nats per dimension the ELBO may lose),
+            ``lagrange_lr`` and ``lagrange_init``.
+    """
+
+    options = ("temperature", "residual")
+
+    def __init__(
+        self,
+        graph: Mapping[str, Any],
+        image_shape: Sequence[int],
+        dataset: str = "unknown",
+        width: int = 32,
+        levels: Sequence[Sequence[int]] = ((4, 2), (8, 2), (16, 1)),
+        z_channels: int = 8,
+        encoder_blocks: int = 1,
+        cond_prior: bool = True,
+        beta: float = 1.0,
+        temperature: float = 0.0,
+        residual: bool = True,
+        cf_finetune: Mapping[str, Any] | None = None,
+        scm: Mapping[str, Any] | None = None,
+        scm_weight: float = 1.0,
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        ema_decay: float = 0.999,
+        skip_grad_norm: float | None = 1000.0,
+    ):
+        super().__init__(
+            graph,
+            image_shape,
+            dataset,
+            scm=scm,
+            scm_weight=scm_weight,
+            lr=lr,
+            weight_decay=weight_decay,
+            ema_decay=ema_decay,
+            skip_grad_norm=skip_grad_norm,
+        )
+        self.save_hyperparameters()
+        channels, size, _ = self.image_shape
+        self.parents = ParentEncoder(self.graph, self.graph.image_parents)
+        self.net = Ladder(
+            channels, size, width, levels, z_channels, self.parents.dim, cond_prior, encoder_blocks
+        )
+        self.beta = beta
+        self.cf_finetune = dict(cf_finetune) if cf_finetune else None
+        self.register_buffer(
+            "lagrange", torch.tensor(float((cf_finetune or {}).get("lagrange_init", 1.0)))
+        )
+        self.register_buffer("elbo_target", torch.tensor(float("nan")))
+        self._judge = None  # the frozen predictor of counterfactual training (not in state_dict)
+        self.setup_ema()
+
+    # -- training -------------------------------------------------------------------------------
+    def elbo_loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Negative ELBO in nats per dimension, and its parts."""
+        net = self.mechanism
+        y = to_signed(x)
+        likelihood, kls = net.top_down(self.parents(pa), "train", acts=net.encode(y))
+        nll = -likelihood.log_prob(y).flatten(1).sum(1)
+        kl = torch.stack(kls).sum(0)
+        dims = x[0].numel()
+        loss = (nll + self.beta * kl).mean() / dims
+        return loss, {"bpd": (nll + kl).mean() / (dims * math.log(2)), "kl": kl.mean()}
+
+    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = self.elbo_loss(batch["x"], batch["pa"])
+        if self.cf_finetune is None or not self.training:
+            return loss, logs
+        return self._counterfactual_training_loss(batch, loss, logs)
+
+    # -- the three steps ------------------------------------------------------------------------
+    def abduct_image(
+        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> dict[str, Tensor]:
+        net = self.mechanism
+        y = to_signed(x)
+        likelihood, noise = net.top_down(
+            self.parents(pa), "abduct", acts=net.encode(y), temperature=temperature
+        )
+        out = {f"u{i}": u for i, u in enumerate(noise)}
+        if residual:
+            # the residual about the image the abducted noise decodes to under the same attributes
+            decoded, _ = net.top_down(self.parents(pa), "predict", noise=noise)
+            out["residual"] = decoded.noise(y)
+        return out
+
+    def _decode(self, noise: Mapping[str, Tensor], pa: Mapping[str, Tensor]) -> DiscretizedGaussian:
+        levels = [noise[f"u{i}"] for i in range(sum(n for _, n in self.mechanism.levels))]
+        likelihood, _ = self.mechanism.top_down(self.parents(pa), "predict", noise=levels)
+        return likelihood
+
+    def predict(
+        self, noise: Exogenous, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> Tensor:
+        likelihood = self._decode(noise.image, pa)
+        if residual:
+            if "residual" not in noise.image:
+                raise ValueError("residual=True needs noise abducted with residual=True")
+            return from_signed(likelihood.sample_from_noise(noise.image["residual"]))
+        return from_signed(likelihood.expected)
+
+    # -- counterfactual training ----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.cf_finetune is None:
+            return
+        settings = self.cf_finetune
+        if not settings.get("init_ckpt"):
+            raise ValueError(
+                "counterfactual training needs model.cf_finetune.init_ckpt=PATH (a trained HVAE)"
+            )
+        state = read_checkpoint(settings["init_ckpt"])["state_dict"]
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if [k for k in missing if k not in ("lagrange", "elbo_target")] or unexpected:
+            raise ValueError(
+                f"{settings['init_ckpt']} does not fit this HVAE: missing {missing}, unexpected {unexpected}"
+            )
+        self.scm.requires_grad_(False)  # the attribute mechanisms stay as pre-trained
+        from metrics.judges import load_or_train_predictor  # the judges live with the metrics
+
+        datamodule = self.trainer.datamodule
+        judge, source = load_or_train_predictor(
+            datamodule, ckpt_path=settings.get("predictor_ckpt")
+        )
+        self._judge = judge.requires_grad_(False).eval()
+        log.info("Counterfactual training against the predictor %s", source)
+        with torch.no_grad():  # the ELBO to keep: the pre-trained model's on training batches
+            losses = [
+                self.elbo_loss(b["x"], b["pa"])[0]
+                for _, b in zip(range(8), datamodule.train_dataloader())
+            ]
+        self.elbo_target.fill_(
+            torch.stack(losses).mean().item() + float(settings.get("elbo_slack", 0.005))
+        )
+
+    def counterfactual_loss(self, batch: Mapping[str, Any], judge) -> Tensor:
+        """The judge's loss on differentiable counterfactuals of one random intervention.
+
+        One attribute per call, its values drawn from the batch's marginal; the descendants follow
+        the (frozen) attribute SCM. The counterfactual is the decoder mean under the new
+        attributes from the abducted posterior means (no pixel residual, which would carry the
+        factual pixels). Every attribute is scored, so preserving the non-intervened ones counts.
+        """
+        x, pa = batch["x"], batch["pa"]
+        # one attribute per step, its values drawn from the batch's marginal
+        name = self.graph.names[int(torch.randint(len(self.graph.names), ()))]
+        with torch.no_grad():
+            target = self.scm.act(pa, {name: pa[name][torch.randperm(len(x), device=x.device)]})
+        judge = judge.to(x.device)
+        net = self.net
+        noise = net.top_down(
+            self.parents(pa), "abduct", acts=net.encode(to_signed(x)), temperature=0.0
+        )[1]
+        counterfactual, _ = net.top_down(self.parents(target), "predict", noise=noise)
+        raw = judge._raw(from_signed(counterfactual.expected))
+        cf_losses = []
+        for variable in self.graph.variables:
+            output = raw[variable.name]
+            if variable.is_continuous:
+                cf_losses.append(
+                    (output.squeeze(-1) - variable.normalise(target[variable.name])).abs().mean()
+                )
+            else:
+                cf_losses.append(F.cross_entropy(output, target[variable.name].long()))
+        return torch.stack(cf_losses).sum()
+
+    def _counterfactual_training_loss(
+        self, batch: Mapping[str, Any], elbo: Tensor, logs: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The Lagrangian: judge loss + multiplier * (ELBO loss - its allowed value)."""
+        cf_loss = self.counterfactual_loss(batch, self._judge)
+        violation = elbo - self.elbo_target
+        with torch.no_grad():  # gradient ascent on the multiplier, kept >= 0
+            self.lagrange.add_(float(self.cf_finetune.get("lagrange_lr", 0.1)) * violation).clamp_(
+                min=0.0
+            )
+        loss = cf_loss + self.lagrange * violation
+        logs.update(
+            cf_loss=cf_loss, lagrange=self.lagrange.clone(), elbo_violation=violation.detach()
+        )
+        return loss, logs
