@@ -57,7 +57,7 @@ class MultiScaleFlow(nn.Module):
     """The multi-scale architecture of RealNVP / Glow on ``(B, C, H, W)``, conditioned on a vector.
 
     Each of ``scales`` levels squeezes, runs ``steps`` flow steps and (but the last) factors out
-    half its channels. The factored-out half is standard normal given nothing: the level's last
+    half its channels. The factored-out half has a plain standard-normal prior: the level's last
     coupling already makes it Gaussian given the kept half and the context, which is what Glow's
     learned split prior adds.
 
