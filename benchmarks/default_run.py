@@ -19,9 +19,7 @@ measures on the resulting checkpoint:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,32 +27,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, counterfactuals_per_second, publish, run_train  # noqa: E402
 
 from datamodules import MorphoMNISTDataModule  # noqa: E402
 from metrics.soundness import composition, ground_truth_error  # noqa: E402
 from models import load_model  # noqa: E402
-
-
-def run_default_training(workdir: Path) -> tuple[float, Path]:
-    start = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"paths.root_dir={workdir}",
-            "callbacks.progress_bar.refresh_rate=0",
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode:
-        sys.exit(f"train.py failed:\n{result.stderr[-3000:]}")
-    last = re.search(r"last_ckpt: (\S+)", result.stdout).group(1)
-    return elapsed, Path(last)
 
 
 def training_throughput(model, datamodule, steps: int = 30, repeats: int = 3) -> float:
@@ -78,19 +57,6 @@ def training_throughput(model, datamodule, steps: int = 30, repeats: int = 3) ->
         times.append(time.perf_counter() - start)
     model.eval()
     return sum(len(b["x"]) for b in batches) / statistics.median(times)
-
-
-def counterfactual_throughput(model, datamodule, batch_size: int = 256, repeats: int = 5) -> float:
-    test = datamodule.test_set
-    batch = torch.utils.data.default_collate(test.__getitems__(list(range(batch_size))))
-    do = {"thickness": lambda t: t + 1}
-    model.counterfactual(batch["x"], batch["pa"], do)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.counterfactual(batch["x"], batch["pa"], do)
-        times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
 
 
 def test_split_errors(model, datamodule, residual: bool) -> dict[str, float]:
@@ -132,12 +98,12 @@ def main() -> None:
         ckpt = Path(args.ckpt)
     else:
         workdir = Path(tempfile.mkdtemp(prefix="cfzoo-default-run-"))
-        wall, ckpt = run_default_training(workdir)
+        ckpt, wall = run_train(workdir, [])
     model = load_model(ckpt)
     datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
     datamodule.setup()
     train_ips = training_throughput(load_model(ckpt), datamodule)
-    cf_ips = counterfactual_throughput(model, datamodule)
+    cf_ips = counterfactuals_per_second(model, datamodule)
     with_residual = test_split_errors(model, datamodule, residual=True)
     without = test_split_errors(model, datamodule, residual=False)
 
@@ -162,11 +128,7 @@ def main() -> None:
             f"| {name} | {r['null']:.3f} | {r['t+1 l1']:.2f} / {r['t+1 rmse']:.2f} | "
             f"{r['i-40 l1']:.2f} / {r['i-40 rmse']:.2f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

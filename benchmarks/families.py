@@ -7,7 +7,8 @@ also fine-tuned by counterfactual training (experiment=hvae_cf_morphomnist) and 
     python benchmarks/families.py --minutes 3 --families vae hvae --cf-epochs 2 \
         --out benchmarks/results/families.md
 
-Writes a markdown table (and a .json beside it) with: composition (m = 1, 10), reversibility
+Resumable: models already in the .json beside --out are kept, not re-run (delete it to start over).
+Writes a markdown table (and the .json) with: composition (m = 1, 10), reversibility
 (1 cycle, do(thickness)), error against the true counterfactual, effectiveness per intervention
 with the predictors' floor, FID, training images/s and counterfactuals/s.
 """
@@ -16,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import ROOT, counterfactuals_per_second, publish, run_train  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import evaluate as evaluate_script  # noqa: E402
@@ -38,41 +35,15 @@ from models import load_model  # noqa: E402
 
 def train(workdir: Path, data_dir: str, overrides: list[str]) -> tuple[Path, float, int]:
     """Run train.py; return the last checkpoint, the wall time and the optimiser steps."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"paths.root_dir={workdir}",
-            f"data.data_dir={data_dir}",
-            "callbacks.progress_bar.refresh_rate=0",
-            *overrides,
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode:
-        sys.exit(f"train.py {overrides} failed:\n{result.stderr[-3000:]}")
-    last = Path(re.search(r"last_ckpt: (\S+)", result.stdout).group(1))
+    last, elapsed = run_train(workdir, [f"data.data_dir={data_dir}", *overrides])
     steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     return last, elapsed, int(steps)
 
 
-def counterfactuals_per_second(ckpt: Path, data_dir: str, repeats: int = 5) -> float:
-    model = load_model(ckpt)
+def cf_throughput(ckpt: Path, data_dir: str) -> float:
     datamodule = MorphoMNISTDataModule(data_dir=data_dir)
     datamodule.setup()
-    batch = torch.utils.data.default_collate(datamodule.test_set.__getitems__(list(range(256))))
-    do = {"thickness": lambda t: t + 1}
-    model.counterfactual(batch["x"], batch["pa"], do)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.counterfactual(batch["x"], batch["pa"], do)
-        times.append(time.perf_counter() - start)
-    return 256 / statistics.median(times)
+    return counterfactuals_per_second(load_model(ckpt), datamodule)
 
 
 def score(ckpt: Path, data_dir: str, out_dir: Path, seeds: list[int]) -> dict:
@@ -149,12 +120,18 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="cfzoo-families-"))
     seeds = json.loads(args.seeds)
+    results = Path(args.out).with_suffix(".json")
+    # Resumable: rows already in the results file are kept and their models not re-run.
+    rows = json.loads(results.read_text()) if results.exists() else []
+    done = {r["model"] for r in rows}
     seconds = int(args.minutes * 60)
     budget = (
         f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"  # DD:HH:MM:SS
     )
-    rows = []
     for family in args.families:
+        if family in done:
+            print(f"{family}: already in {results}, skipped", flush=True)
+            continue
         print(f"training {family} for {args.minutes:g} min", flush=True)
         ckpt, wall, steps = train(
             workdir,
@@ -172,7 +149,7 @@ def main() -> None:
                 family,
                 report,
                 steps * batch / (args.minutes * 60),
-                counterfactuals_per_second(ckpt, args.data_dir),
+                cf_throughput(ckpt, args.data_dir),
             )
         )
         print(rows[-1], flush=True)
@@ -193,15 +170,13 @@ def main() -> None:
                     f"hvae + cf training ({cf_wall:.0f} s more)",
                     report,
                     float("nan"),
-                    counterfactuals_per_second(cf_ckpt, args.data_dir),
+                    cf_throughput(cf_ckpt, args.data_dir),
                 )
             )
             print(rows[-1], flush=True)
     text = markdown(rows, args.minutes)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    publish(text, args.out)
+    results.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

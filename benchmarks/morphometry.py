@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import publish  # noqa: E402
 
 from datamodules import morphometry  # noqa: E402
 from datamodules.morphomnist import _load_embedded, _load_mnist, render_digits  # noqa: E402
@@ -126,11 +128,7 @@ def main() -> None:
         f"Dataset generation with {args.workers} processes: 5,000 digits {total_5k:.1f} s"
         + (f"; 70,000 digits ({source_70k}) {total_70k:.0f} s." if total_70k else "."),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ def rmse(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def composition(
-    model, x: Tensor, pa: Mapping[str, Tensor], steps: int = 10, **options: Any
+    model, x: Tensor, pa: Mapping[str, Tensor], steps: int = 10, /, **options: Any
 ) -> Tensor:
-    """``(steps, B)``: L1 between ``x`` and the null intervention applied ``m = 1..steps`` times."""
+    """``(steps, B)``: L1 between ``x`` and the null intervention applied ``m = 1..steps`` times.
+
+    The arguments before ``options`` are positional-only, so a model option may be called
+    ``steps`` too (the diffusion autoencoder's DDIM steps).
+    """
     x = x.to(model.device)
     current = x
     out = []

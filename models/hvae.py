@@ -283,7 +283,9 @@ class HierarchicalVAE(CounterfactualModel):
             "lagrange", torch.tensor(float((cf_finetune or {}).get("lagrange_init", 1.0)))
         )
         self.register_buffer("elbo_target", torch.tensor(float("nan")))
-        self._judge = None  # the frozen predictor of counterfactual training (not in state_dict)
+        # The frozen predictor of counterfactual training: kept out of the module tree, so it is
+        # neither trained nor saved in this model's checkpoints.
+        self.__dict__["_judge"] = None
         self.setup_ema()
 
     # -- training -------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ class HierarchicalVAE(CounterfactualModel):
         judge, source = load_or_train_predictor(
             datamodule, ckpt_path=settings.get("predictor_ckpt")
         )
-        self._judge = judge.requires_grad_(False).eval()
+        self.__dict__["_judge"] = judge.requires_grad_(False).eval()
         log.info("Counterfactual training against the predictor %s", source)
         with torch.no_grad():  # the ELBO to keep: the pre-trained model's on training batches
             losses = [

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 import train as train_script
 from models import load_model
 from models.__main__ import main as counterfactual_cli
+from tests.helpers import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -233,8 +234,6 @@ def test_evaluate_oracle_from_config(data_dir, tmp_path):
 
 
 def test_evaluate_errors(trained, data_dir, tmp_path):
-    from pytorch_lightning import Trainer
-
     import evaluate as evaluate_script
 
     _, metrics = trained
@@ -251,10 +250,7 @@ def test_evaluate_errors(trained, data_dir, tmp_path):
     # a checkpoint of another dataset
     model = load_model(metrics["last_ckpt"])
     model.hparams.dataset = "pendulum"
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    other = tmp_path / "other.ckpt"
-    trainer.save_checkpoint(other)
+    other = save_checkpoint(model, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="trained on 'pendulum'.*data=pendulum"):
         evaluate_script.evaluate(compose_evaluate(data_dir, tmp_path, f"ckpt_path={other}"))
     with pytest.raises(ValueError, match="nothing to evaluate"):

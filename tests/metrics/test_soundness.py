@@ -32,7 +32,7 @@ def test_l1_and_rmse_on_the_0_255_scale():
 
 def test_composition_accumulates_per_step():
     x = torch.zeros(3, 1, 4, 4)
-    curve = composition(ShiftModel(0.01), x, {"a": torch.zeros(3)}, steps=4)
+    curve = composition(ShiftModel(0.01), x, {"a": torch.zeros(3)}, 4)
     assert curve.shape == (4, 3)
     assert torch.allclose(curve[:, 0], torch.tensor([1, 2, 3, 4]) * 0.01 * 255)
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
 
 from models import load_model
+from tests.helpers import save_checkpoint
 
 
 def test_shapes(family, test_batch):
@@ -65,11 +65,7 @@ def test_attribute_flows_invert_exactly(family, test_batch):
 
 def test_save_load_gives_identical_counterfactuals(family, test_batch, tmp_path):
     _, model, _ = family
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = load_model(path)
+    loaded = load_model(save_checkpoint(model, tmp_path / "model.ckpt"))
     do = {"thickness": lambda t: t + 1, "digit": 3}
     torch.manual_seed(1)
     before = model.counterfactual(test_batch["x"], test_batch["pa"], do)
@@ -93,4 +89,4 @@ def test_bad_queries_raise_clear_errors(family, test_batch):
     with pytest.raises(ValueError, match="lacks attribute"):
         model.counterfactual(x, {"thickness": pa["thickness"]}, {})
     with pytest.raises(ValueError, match="no counterfactual option"):
-        model.counterfactual(x, pa, {}, steps=3)
+        model.counterfactual(x, pa, {}, no_such_option=3)

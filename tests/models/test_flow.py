@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
 from torch.autograd.functional import jacobian
 
 from models import load_model
 from models.flow import ConditionalFlow, MultiScaleFlow, PixelFlow
 from models.nn.flows import ActNorm, AffineCoupling, InvertibleConv1x1, Squeeze
+from tests.helpers import save_checkpoint
 from tests.models.conftest import FAMILIES
 
 CONTEXT = 3
@@ -136,9 +136,7 @@ def test_save_load_round_trip(morpho, test_batch, tmp_path):
     with torch.no_grad():
         for parameter in model.flow.parameters():  # the couplings start as the identity
             parameter.add_(0.01 * torch.randn_like(parameter))
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(tmp_path / "flow.ckpt")
+    save_checkpoint(model, tmp_path / "flow.ckpt")
     loaded = load_model(tmp_path / "flow.ckpt")
     assert isinstance(loaded, ConditionalFlow) and loaded.hparams.steps == model.hparams.steps
     x, pa = test_batch["x"], test_batch["pa"]

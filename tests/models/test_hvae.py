@@ -2,10 +2,10 @@ import itertools
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
 
 from models import load_model
 from models.hvae import HierarchicalVAE
+from tests.helpers import quiet_trainer, save_checkpoint
 from tests.models.conftest import FAMILIES
 
 
@@ -45,10 +45,7 @@ def test_ema_checkpoint_loads_and_predicts_with_ema_weights(morpho, test_batch, 
     raw = {k: v.clone() for k, v in model.net.state_dict().items()}
     ema = {k: v.clone() for k, v in model.ema_net.state_dict().items()}
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the average lags the weights
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(tmp_path / "ema.ckpt")
-    loaded = load_model(tmp_path / "ema.ckpt")
+    loaded = load_model(save_checkpoint(model, tmp_path / "ema.ckpt"))
     assert loaded.mechanism is loaded.ema_net
     assert all(torch.equal(loaded.ema_net.state_dict()[k], ema[k]) for k in ema)
     x, pa = test_batch["x"], test_batch["pa"]
@@ -61,15 +58,7 @@ def test_ema_checkpoint_loads_and_predicts_with_ema_weights(morpho, test_batch, 
 
 def test_outlier_updates_are_skipped(morpho):
     model = tiny(morpho, skip_grad_norm=1e-6)
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0)
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     trainer.fit(model, train_dataloaders=morpho.train_dataloader())
     assert int(model.skipped_updates) == 3
@@ -79,20 +68,10 @@ def test_outlier_updates_are_skipped(morpho):
 def test_counterfactual_training_improves_the_predictor_loss(morpho, tiny_predictor, tmp_path):
     torch.manual_seed(0)
     base = tiny(morpho, ema_decay=0.0)
-    trainer = Trainer(
-        max_steps=20,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=20, limit_val_batches=0)
     trainer.fit(base, train_dataloaders=morpho.train_dataloader())
     trainer.save_checkpoint(tmp_path / "stage1.ckpt")
-    predictor_path = tmp_path / "judge.ckpt"
-    judge_trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    judge_trainer.strategy.connect(tiny_predictor)
-    judge_trainer.save_checkpoint(predictor_path)
+    predictor_path = save_checkpoint(tiny_predictor, tmp_path / "judge.ckpt")
 
     def cf_loss(model) -> float:
         torch.manual_seed(1)
@@ -115,24 +94,18 @@ def test_counterfactual_training_improves_the_predictor_loss(morpho, tiny_predic
             "lagrange_lr": 0.1,
         },
     )
-    trainer = Trainer(
-        max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=40, limit_val_batches=0)
     trainer.fit(finetuned, datamodule=morpho)
     before, after = cf_loss(base), cf_loss(finetuned)
     assert after < 0.9 * before
     assert torch.isfinite(finetuned.elbo_target) and finetuned.lagrange >= 0
+    # the judge is not part of the fine-tuned model's checkpoint
+    reloaded = load_model(save_checkpoint(finetuned, tmp_path / "stage2.ckpt"))
+    assert not any(k.startswith("_judge") for k in reloaded.state_dict())
 
 
 def test_cf_training_needs_a_pretrained_model(morpho):
     model = tiny(morpho, cf_finetune={"init_ckpt": None})
-    trainer = Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+    trainer = quiet_trainer(max_steps=1)
     with pytest.raises(ValueError, match="init_ckpt"):
         trainer.fit(model, datamodule=morpho)
