@@ -61,7 +61,8 @@ class Counterfactual:
         parents: the counterfactual attributes (natural units).
         factual_image: the input images.
         factual_parents: the input attributes.
-        noise: the abducted exogenous noise.
+        noise: the abducted exogenous noise (the attributes' noise only for the variables that
+            were recomputed; ``model.abduct`` gives all of it).
         do: the interventions, resolved to one tensor per intervened variable.
     """
 
@@ -209,7 +210,8 @@ class CounterfactualModel(pl.LightningModule):
                 f"{type(self).__name__} can't intervene on {unsupported}; it supports "
                 f"{', '.join(self.intervenable)}"
             )
-        noise = self._abduct(x, pa, options)
+        # The attributes' noise is abducted lazily by act(): only the recomputed descendants need it.
+        noise = Exogenous(image=self.abduct_image(x, pa, **options), attributes={})
         resolved = self.graph.resolve(pa, do)
         parents = self.scm.act(pa, resolved, noise.attributes)
         image = self.predict(noise, parents, **options)

@@ -176,22 +176,25 @@ class AttributeSCM(nn.Module):
         self,
         pa: Mapping[str, Tensor],
         do: Mapping[str, Intervention],
-        noise: Mapping[str, Tensor] | None = None,
+        noise: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Intervene, then recompute every non-intervened descendant from its abducted noise.
 
         Args:
             pa: factual attributes, ``(B,)`` tensors in natural units.
             do: name -> tensor ``(B,)``, scalar, or function of the factual value.
-            noise: the attributes' noise from :meth:`abduct` (abducted here when ``None``).
+            noise: the attributes' noise from :meth:`abduct`. When ``None`` or empty, only the noise of the
+                variables that must be recomputed is abducted (and stored in the dict, if one is
+                given): inverting every flow on every query is most of a fast model's cost.
 
         Returns:
             The counterfactual attributes. A sample whose parents did not change keeps its factual
             value exactly; only samples with a changed parent are recomputed.
         """
         resolved = self.graph.resolve(pa, do)
+        lazy = noise is None or not noise
         if noise is None:
-            noise = self.abduct(pa)
+            noise = {}
         out: dict[str, Tensor] = {}
         changed: dict[str, Tensor] = {}
         for variable in self.graph.variables:
@@ -204,7 +207,10 @@ class AttributeSCM(nn.Module):
             for parent in variable.parents:
                 moved |= changed[parent]
             if moved.any():
-                recomputed = self._clip(name, self.mechanisms[name].predict(noise[name], out))
+                mechanism = self.mechanisms[name]
+                if lazy and name not in noise:
+                    noise[name] = mechanism.abduct(pa[name], pa)
+                recomputed = self._clip(name, mechanism.predict(noise[name], out))
                 out[name] = torch.where(moved, recomputed.to(pa[name].dtype), pa[name])
             else:
                 out[name] = pa[name]
