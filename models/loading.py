@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel, read_checkpoint
+from models.diffae import DiffusionAutoencoder
 from models.flow import ConditionalFlow
 from models.hvae import HierarchicalVAE
 from models.predictor import AttributePredictor
@@ -16,7 +17,13 @@ from models.vae import ConditionalVAE
 #: Class name recorded in a checkpoint -> class.
 MODELS: dict[str, type[pl.LightningModule]] = {
     cls.__name__: cls
-    for cls in (ConditionalVAE, HierarchicalVAE, ConditionalFlow, AttributePredictor)
+    for cls in (
+        ConditionalVAE,
+        HierarchicalVAE,
+        ConditionalFlow,
+        DiffusionAutoencoder,
+        AttributePredictor,
+    )
 }
 
 

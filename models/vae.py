@@ -69,7 +69,12 @@ class ConditionalVAE(CounterfactualModel):
         weight_decay: float = 0.0,
     ):
         super().__init__(
-            graph, image_shape, dataset, scm=scm, scm_weight=scm_weight, lr=lr,
+            graph,
+            image_shape,
+            dataset,
+            scm=scm,
+            scm_weight=scm_weight,
+            lr=lr,
             weight_decay=weight_decay,
         )
         self.save_hyperparameters()

@@ -1,0 +1,196 @@
+"""The diffusion autoencoder: DDIM abduction, options, guidance, checkpoints, the causal latent.
+
+Both modes also run the whole counterfactual contract (``FAMILIES`` in conftest.py).
+"""
+
+import pytest
+import torch
+
+from metrics.soundness import composition
+from models import load_model
+from models.diffae import DiffusionAutoencoder
+from tests.helpers import save_checkpoint
+from tests.models.conftest import fit_briefly, tiny_diffae
+
+#: Max and mean absolute error on [0, 1] of inverting then sampling (10 DDIM steps, 5 fixed-point
+#: refinements per inversion step) on the briefly trained tiny model: measured max 0.07-0.24 and
+#: mean 0.003-0.010 over seeds 0-2; plain DDIM inversion (0 refinements) reaches max 1.0.
+RECONSTRUCTION_BOUND = 0.5
+RECONSTRUCTION_MEAN_BOUND = 0.02
+
+
+def build(morpho, **kwargs) -> DiffusionAutoencoder:
+    torch.manual_seed(0)
+    model = tiny_diffae(morpho, **kwargs)
+    model.log_dict = lambda *args, **kw: None  # no Trainer attached
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(morpho):
+    model = build(morpho)
+    fit_briefly(model, morpho)
+    return model
+
+
+@pytest.fixture(scope="module")
+def causal(morpho):
+    model = build(morpho, causal_latent=True)
+    fit_briefly(model, morpho)
+    return model
+
+
+def count_unet_calls(model, monkeypatch) -> list[int]:
+    """Count the calls of the UNet that counterfactuals use (until the test ends)."""
+    calls = [0]
+    unet = model.mechanism.unet
+    forward = unet.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", counted)
+    return calls
+
+
+def test_inversion_then_sampling_reconstructs_the_input(trained, test_batch):
+    x, pa = test_batch["x"], test_batch["pa"]
+    errors = {}
+    for iters in (0, 5):
+        cf = trained.counterfactual(x, pa, {}, steps=10, inversion_iters=iters)
+        errors[iters] = (cf.image - x).abs()
+    assert errors[5].max() < RECONSTRUCTION_BOUND
+    assert errors[5].mean() < RECONSTRUCTION_MEAN_BOUND
+    # the fixed-point refinement makes the inversion more exact
+    assert errors[5].mean() < errors[0].mean() / 2
+    noise = trained.abduct(x, pa, steps=2)
+    assert sorted(noise.image) == ["latent", "x_T"]  # (causal mode: also the factual attributes)
+    assert noise.image["x_T"].shape == x.shape and noise.image["latent"].shape == (len(x), 4)
+
+
+def test_abduction_is_deterministic(trained, test_batch):
+    x, pa = test_batch["x"], test_batch["pa"]
+    first, second = trained.abduct(x, pa, steps=2), trained.abduct(x, pa, steps=2)
+    assert torch.equal(first.image["x_T"], second.image["x_T"])
+    assert torch.equal(first.image["latent"], second.image["latent"])
+
+
+def test_guidance_scale_changes_the_counterfactual(trained, test_batch, monkeypatch):
+    x, pa = test_batch["x"], test_batch["pa"]
+    do = {"thickness": lambda t: t + 1}
+    plain = trained.counterfactual(x, pa, do, steps=4).image
+    guided = trained.counterfactual(x, pa, do, steps=4, guidance_scale=3.0).image
+    assert (plain - guided).abs().max() > 1e-3
+    calls = count_unet_calls(trained, monkeypatch)
+    trained.counterfactual(x, pa, do, guidance_scale=3.0, steps=2, inversion_iters=0)
+    assert calls[0] == 4  # conditional and unconditional share one batched call per step
+
+
+def test_steps_change_the_result_and_the_cost(trained, test_batch, monkeypatch):
+    x, pa = test_batch["x"], test_batch["pa"]
+    calls = count_unet_calls(trained, monkeypatch)
+    images = {}
+    for steps in (2, 4):
+        calls[0] = 0
+        images[steps] = trained.counterfactual(
+            x, pa, {"intensity": 200.0}, steps=steps, inversion_iters=1
+        ).image
+        # inversion: one evaluation plus one refinement per step; sampling: one per step
+        assert calls[0] == 3 * steps
+    assert (images[2] - images[4]).abs().max() > 1e-3
+
+
+def test_checkpoint_restores_the_schedulers(morpho, test_batch, tmp_path):
+    scheduler = {"num_train_timesteps": 500, "beta_schedule": "squaredcos_cap_v2"}
+    model = build(morpho, scheduler=scheduler, steps=3)
+    loaded = load_model(save_checkpoint(model, tmp_path / "diffae.ckpt"))
+    assert isinstance(loaded, DiffusionAutoencoder)
+    for name in ("train_scheduler", "sampler", "inverter"):
+        before, after = getattr(model, name), getattr(loaded, name)
+        assert dict(before.config) == dict(after.config), name
+        assert after.config.num_train_timesteps == 500
+        assert torch.equal(before.alphas_cumprod, after.alphas_cumprod)
+        before.set_timesteps(7)
+        after.set_timesteps(7)
+        assert torch.equal(before.timesteps, after.timesteps)
+    assert loaded.option_defaults() == {"steps": 3, "guidance_scale": 1.0, "inversion_iters": 5}
+    x, pa = test_batch["x"][:4], {k: v[:4] for k, v in test_batch["pa"].items()}
+    do = {"thickness": 4.0}
+    assert torch.equal(
+        model.eval().counterfactual(x, pa, do).image, loaded.counterfactual(x, pa, do).image
+    )
+
+
+def test_the_steps_option_passes_through_the_soundness_metrics(trained, test_batch):
+    x, pa = test_batch["x"][:4], {k: v[:4] for k, v in test_batch["pa"].items()}
+    curve = composition(trained, x, pa, 2, steps=2, inversion_iters=0)
+    assert curve.shape == (2, 4)
+
+
+def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
+    x, pa = test_batch["x"][:2], {k: v[:2] for k, v in test_batch["pa"].items()}
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        trained.counterfactual(x, pa, {}, steps=0)
+    with pytest.raises(ValueError, match="p_uncond > 0"):
+        build(morpho, p_uncond=0.0).eval().counterfactual(x, pa, {}, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="break exact DDIM inversion"):
+        build(morpho, scheduler={"clip_sample": True})
+    with pytest.raises(ValueError, match="unknown scheduler option"):
+        build(morpho, scheduler={"num_steps": 10})
+
+
+def test_causal_blocks_follow_the_graph(causal, test_batch):
+    x, pa = test_batch["x"], test_batch["pa"]
+    latent_scm = causal.mechanism.latent_scm
+    noise = causal.abduct(x, pa)
+    blocks, _ = latent_scm.split(noise.image["latent"])
+    assert set(blocks) == {"thickness", "intensity", "digit"}
+
+    # do(intensity): only the intensity block moves, set from the intervened value
+    target = causal.scm.act(pa, {"intensity": 200.0}, noise.attributes)
+    hit = causal.intervened(noise, target)
+    assert hit["intensity"].all() and not hit["thickness"].any() and not hit["digit"].any()
+    new = latent_scm.act(blocks, target, hit, pa)
+    assert torch.equal(new["thickness"], blocks["thickness"])
+    assert torch.equal(new["digit"], blocks["digit"])
+    shift = latent_scm.embedding("intensity", target["intensity"]) - latent_scm.embedding(
+        "intensity", pa["intensity"]
+    )
+    assert torch.allclose(new["intensity"], blocks["intensity"] + shift)
+    assert shift.abs().max() > 1e-4
+
+    # do(thickness): intensity is recomputed by the SCM, so its block follows the block mechanism
+    target = causal.scm.act(pa, {"thickness": lambda t: t + 1}, noise.attributes)
+    hit = causal.intervened(noise, target)
+    assert hit["thickness"].all() and not hit["intensity"].any()
+    new = latent_scm.act(blocks, target, hit, pa)
+    residual = blocks["intensity"] - latent_scm.mechanism("intensity", blocks)
+    assert torch.allclose(
+        new["intensity"], latent_scm.mechanism("intensity", new) + residual, atol=1e-6
+    )
+    assert not torch.allclose(new["intensity"], blocks["intensity"])
+    assert torch.equal(new["digit"], blocks["digit"])
+
+    # the null intervention intervenes on nothing and keeps every block
+    hit = causal.intervened(noise, pa)
+    assert not any(h.any() for h in hit.values())
+    assert all(torch.equal(latent_scm.act(blocks, pa, hit, pa)[k], blocks[k]) for k in blocks)
+
+    # counterfactual() abducts only the recomputed attributes' noise: the same intervened sets
+    lazy = causal.counterfactual(x, pa, {"thickness": lambda t: t + 1})
+    assert set(lazy.noise.attributes) == {"intensity"}
+    hit = causal.intervened(lazy.noise, lazy.parents)
+    assert hit["thickness"].all() and not hit["intensity"].any() and not hit["digit"].any()
+    full = causal.predict(noise, target, **causal.option_defaults())
+    assert torch.allclose(lazy.image, full, atol=1e-5)
+
+
+def test_causal_training_supervises_the_blocks(causal, test_batch):
+    causal.train()
+    try:
+        _, logs = causal.image_loss(test_batch)
+    finally:
+        causal.eval()
+    assert {"head_thickness", "head_intensity", "head_digit", "mechanism_intensity"} <= set(logs)
+    assert "mechanism_thickness" not in logs  # a root's block is its own noise
