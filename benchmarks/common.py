@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -40,7 +38,7 @@ def run_train(workdir: Path, overrides: list[str]) -> tuple[Path, float]:
 def counterfactuals_per_second(model, datamodule, batch_size: int = 256, repeats: int = 5) -> float:
     """Median throughput of ``model.counterfactual`` for do(thickness + 1) on test images."""
     test = datamodule.test_set
-    batch = torch.utils.data.default_collate(test.__getitems__(list(range(batch_size))))
+    batch = test.batch(range(batch_size))
     do = {"thickness": lambda t: t + 1}
     model.counterfactual(batch["x"], batch["pa"], do)  # warm-up
     times = []

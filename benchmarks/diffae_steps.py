@@ -79,7 +79,7 @@ def main() -> None:
     datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
     datamodule.setup()
     picks = list(range(args.images))
-    batch = torch.utils.data.default_collate(datamodule.test_set.__getitems__(picks))
+    batch = datamodule.test_set.batch(picks)
     iters = args.iters if args.iters is not None else [model.hparams.inversion_iters]
 
     lines = [

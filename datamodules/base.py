@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 __all__ = [
     "CATEGORICAL",
@@ -303,6 +303,10 @@ class ImageAttributeDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         return self.__getitems__([item])[0]
+
+    def batch(self, positions: Iterable[int]) -> dict[str, Any]:
+        """One collated batch of the samples at ``positions`` of this split."""
+        return default_collate(self.__getitems__(list(positions)))
 
     def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
         # Batched fetch (the DataLoader calls this with a whole batch), then split for collate.

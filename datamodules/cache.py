@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CacheError", "cache_key", "ensure_writable", "load_or_build"]
+__all__ = ["CacheError", "atomic_write", "cache_key", "ensure_writable", "load_or_build"]
 
 log = logging.getLogger(__name__)
 _META = "__meta__"
@@ -90,6 +90,27 @@ def load_or_build(
     return arrays, path
 
 
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Write ``path`` through ``write(temporary_path)``, then rename it into place.
+
+    The temporary file sits beside ``path`` (same file system, so the rename is atomic) and is
+    synced before the rename: a run killed mid-write leaves the old file or none, never half a
+    file. The temporary file is removed if ``write`` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
 def ensure_writable(directory: str | Path, what: str, setting: str) -> None:
     """Create ``directory`` and check a file can be written there, before any long work.
 
@@ -112,18 +133,14 @@ def _save(path: Path, spec: Mapping[str, Any], arrays: dict[str, np.ndarray]) ->
     meta["sha256"] = _digest(arrays)
     payload = dict(arrays)
     payload[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    temporary = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb") as stream:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as stream:
             np.savez(stream, **payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
         size_mb = sum(a.nbytes for a in arrays.values()) / 2**20
         raise CacheError(
             f"cannot write the dataset cache {path}: {error}. Point data_dir at a writable "

@@ -83,7 +83,7 @@ def counterfactual_grid(model, datamodule, path: str | Path, n: int = 8) -> Path
     the model can intervene on (see :func:`visible_interventions`)."""
     test = datamodule.test_set
     picks = torch.linspace(0, len(test) - 1, n).long().tolist()  # the split may be class-sorted
-    batch = torch.utils.data.default_collate(test.__getitems__(picks))
+    batch = test.batch(picks)
     options = {"index": batch["index"]} if "index" in model.options else {}
     model.eval()
     rows = [("factual", batch["x"], batch["pa"])]

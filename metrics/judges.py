@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from datamodules.cache import cache_key
+from datamodules.cache import atomic_write, cache_key
 from models.loading import load_model
 from models.predictor import AttributePredictor
 
@@ -77,13 +75,5 @@ def load_or_train_predictor(
     log.info("No predictor for %s yet: training one (cached at %s)", datamodule.name, path)
     torch.manual_seed(0)
     predictor, trainer = train_predictor(datamodule, epochs=epochs, progress=progress, **settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        trainer.save_checkpoint(temporary)
-        os.replace(temporary, path)  # atomic: a killed run leaves no half checkpoint
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    atomic_write(path, trainer.save_checkpoint)  # a killed run leaves no half checkpoint
     return predictor, str(path)

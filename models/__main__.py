@@ -62,7 +62,7 @@ def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str
         raise ValueError(f"split must be train, val or test, got '{split}'")
     subset = dataset[split]
     picks = torch.linspace(0, len(subset) - 1, min(int(cfg.get("num", 16)), len(subset))).long()
-    batch = torch.utils.data.default_collate(subset.__getitems__(picks.tolist()))
+    batch = subset.batch(picks.tolist())
     return batch["x"], batch["pa"], [f"{split}-{i}" for i in batch["index"].tolist()]
 
 
