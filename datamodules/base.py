@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "CATEGORICAL",
     "CONTINUOUS",
     "CausalGraph",
+    "CachedArrayDataModule",
     "CounterfactualDataModule",
     "ImageAttributeDataset",
     "Intervention",
@@ -390,6 +392,116 @@ class CounterfactualDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def draw_split(
+    n: int,
+    val_fraction: float,
+    test_fraction: float,
+    rng: np.random.Generator,
+    is_test: np.ndarray | None = None,
+) -> np.ndarray:
+    """Split labels (0 train, 1 val, 2 test) fixed by ``rng``.
+
+    Args:
+        is_test: the source's official test samples, if it has a test split; else one is drawn.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
+    split = np.zeros(n, dtype=np.int8)
+    if is_test is None or not is_test.any():
+        is_test = np.zeros(n, dtype=bool)
+        is_test[rng.permutation(n)[: int(round(test_fraction * n))]] = True
+    split[is_test] = TEST
+    train = np.flatnonzero(~is_test)
+    split[rng.permutation(train)[: int(round(val_fraction * len(train)))]] = VAL
+    return split
+
+
+class CachedArrayDataModule(CounterfactualDataModule):
+    """A dataset built once into arrays (generated or decoded), cached on disk, held in memory.
+
+    Subclasses set ``name``, ``image_shape`` and ``self.graph`` (without normalisation), and give
+    :attr:`spec` (everything that shapes the arrays: the cache key) and :meth:`build`, which
+    returns at least ``"images"`` (``(N, C, H, W)`` or ``(N, H, W)`` uint8), one ``(N,)`` array
+    per variable of the graph, and ``"split"`` (:func:`draw_split` labels). Extra arrays (e.g. the
+    exogenous noise of synthetic data) are cached alongside.
+
+    ``setup`` standardises the continuous variables on the training split.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        self.data_dir = Path(data_dir).expanduser()
+        self.seed = seed
+        self.arrays: dict[str, np.ndarray] | None = None
+        self.cache_path: Path | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def cache_prefix(self) -> str:
+        """A readable file-name prefix of the cache entry."""
+        return self.name
+
+    def build(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        self.load()
+
+    def load(self) -> dict[str, np.ndarray]:
+        """The dataset's arrays: from the cache, or built and cached."""
+        if self.arrays is None:
+            from datamodules.cache import load_or_build  # cache imports nothing from here
+
+            self.arrays, self.cache_path = load_or_build(
+                self.data_dir / self.name, self.cache_prefix, self.spec, self.build
+            )
+        return self.arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        arrays = self.load()
+        base = CausalGraph(
+            tuple(replace(v, loc=0.0, scale=1.0) for v in self.graph.variables),
+            self.graph.image_parents,
+        )
+        train = np.flatnonzero(arrays["split"] == TRAIN)
+        self.graph = base.with_normalisation(
+            {
+                v.name: standardisation(arrays[v.name][train])
+                for v in base.variables
+                if v.is_continuous
+            }
+        )
+        images = arrays["images"]
+        images = images[:, None] if images.ndim == 3 else images
+        attributes = {k: arrays[k] for k in self.graph.names}
+        self.train_set = ImageAttributeDataset(images, attributes, train)
+        self.val_set = ImageAttributeDataset(
+            images, attributes, np.flatnonzero(arrays["split"] == VAL)
+        )
+        self.test_set = ImageAttributeDataset(
+            images, attributes, np.flatnonzero(arrays["split"] == TEST)
+        )
+
+    def attributes(self, index: Tensor) -> dict[str, Tensor]:
+        arrays = self.load()
+        ids = torch.as_tensor(index, dtype=torch.long)
+        rows = ids.cpu().numpy()
+        return {k: torch.from_numpy(arrays[k][rows]).to(ids.device) for k in self.graph.names}
 
 
 def standardisation(values: np.ndarray) -> tuple[float, float]:

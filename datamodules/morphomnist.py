@@ -34,14 +34,12 @@ from datamodules.base import (
     CATEGORICAL,
     CONTINUOUS,
     AnalyticMechanism,
+    CachedArrayDataModule,
     CausalGraph,
-    CounterfactualDataModule,
-    ImageAttributeDataset,
     Intervention,
     Variable,
-    standardisation,
+    draw_split,
 )
-from datamodules.cache import load_or_build
 
 __all__ = ["MorphoMNISTDataModule", "intensity_law", "render_digits"]
 
@@ -164,7 +162,7 @@ def _load_mnist(root: Path, download: bool) -> tuple[np.ndarray, np.ndarray, np.
     return images, labels, is_test
 
 
-class MorphoMNISTDataModule(CounterfactualDataModule):
+class MorphoMNISTDataModule(CachedArrayDataModule):
     """Causal Morpho-MNIST with a ground-truth counterfactual oracle.
 
     Args:
@@ -201,24 +199,26 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
         generation_workers: int | None = None,
         pin_memory: bool = False,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(
+            data_dir=data_dir,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
         if source not in SOURCES:
             raise ValueError(f"unknown Morpho-MNIST source '{source}'; choose one of {SOURCES}")
         if limit is not None and limit < 10:
             raise ValueError(f"limit must be at least 10 digits, got {limit}")
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
-        self.data_dir = Path(data_dir).expanduser()
         self.source = source
         self.download = download
-        self.seed = seed
         self.limit = limit
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.generation_workers = generation_workers
         self.graph = GRAPH
-        self.arrays: dict[str, np.ndarray] | None = None
-        self.cache_path: Path | None = None
 
     # -- generation -----------------------------------------------------------------------------
     @property
@@ -241,7 +241,11 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
             return _load_embedded()
         return _load_mnist(self.data_dir, self.download)
 
-    def _generate(self) -> dict[str, np.ndarray]:
+    @property
+    def cache_prefix(self) -> str:
+        return f"{self.name}-{self.source}"
+
+    def build(self) -> dict[str, np.ndarray]:
         digits, labels, is_test = self._sources()
         rng = np.random.default_rng(self.seed)
         order = np.arange(len(labels))
@@ -266,7 +270,7 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
             workers=self.generation_workers,
             progress="rendering Morpho-MNIST",
         )
-        split = self._split(is_test, rng)
+        split = draw_split(n, self.val_fraction, self.test_fraction, rng, is_test)
         return {
             "images": images,
             "thickness": thickness,
@@ -279,53 +283,7 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
             "split": split,
         }
 
-    def _split(self, is_test: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """0 = train, 1 = val, 2 = test, fixed by the seed."""
-        n = len(is_test)
-        split = np.zeros(n, dtype=np.int8)
-        if not is_test.any():  # no official test split: draw one
-            is_test = np.zeros(n, dtype=bool)
-            is_test[rng.permutation(n)[: int(round(self.test_fraction * n))]] = True
-        split[is_test] = 2
-        train = np.flatnonzero(~is_test)
-        split[rng.permutation(train)[: int(round(self.val_fraction * len(train)))]] = 1
-        return split
-
-    # -- LightningDataModule --------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self._load()
-
-    def _load(self) -> dict[str, np.ndarray]:
-        if self.arrays is None:
-            prefix = f"{self.name}-{self.source}"
-            self.arrays, self.cache_path = load_or_build(
-                self.data_dir / "morphomnist", prefix, self.spec, self._generate
-            )
-        return self.arrays
-
-    def setup(self, stage: str | None = None) -> None:
-        arrays = self._load()
-        attributes = {k: arrays[k] for k in self.graph.names}
-        train = np.flatnonzero(arrays["split"] == 0)
-        self.graph = GRAPH.with_normalisation(
-            {k: standardisation(arrays[k][train]) for k in ("thickness", "intensity")}
-        )
-        images = arrays["images"][:, None]
-        self.train_set = ImageAttributeDataset(images, attributes, train)
-        self.val_set = ImageAttributeDataset(
-            images, attributes, np.flatnonzero(arrays["split"] == 1)
-        )
-        self.test_set = ImageAttributeDataset(
-            images, attributes, np.flatnonzero(arrays["split"] == 2)
-        )
-
     # -- ground truth ---------------------------------------------------------------------------
-    def attributes(self, index: Tensor) -> dict[str, Tensor]:
-        arrays = self._load()
-        ids = torch.as_tensor(index, dtype=torch.long)
-        rows = ids.cpu().numpy()
-        return {k: torch.from_numpy(arrays[k][rows]).to(ids.device) for k in self.graph.names}
-
     def true_counterfactual(
         self, index: Tensor, do: Mapping[str, Intervention]
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -345,7 +303,7 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
                 "source image (its exogenous noise), so no true counterfactual of another digit "
                 "exists. Intervene on thickness and/or intensity."
             )
-        arrays = self._load()
+        arrays = self.load()
         factual = self.attributes(index)
         resolved = self.graph.resolve(factual, do)
         rows = torch.as_tensor(index, dtype=torch.long).cpu().numpy()
@@ -374,7 +332,7 @@ class MorphoMNISTDataModule(CounterfactualDataModule):
             ``(B, 1, 32, 32)`` images in [0, 1] on the device of ``attributes``; a sample whose
             attributes equal its stored ones gets its stored image, bit for bit.
         """
-        arrays = self._load()
+        arrays = self.load()
         rows = torch.as_tensor(index, dtype=torch.long).cpu().numpy()
         device = attributes["thickness"].device
         thickness = attributes["thickness"].float().cpu().numpy()
