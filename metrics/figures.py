@@ -13,13 +13,18 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
+def _abbreviate(name: str) -> str:
+    """``thickness`` -> ``thick``, ``shadow_length`` -> ``shad_leng``: short, still distinct."""
+    words = name.split("_")
+    return "_".join(w[:4] for w in words) if len(words) > 1 else name[:5]
+
+
 def _describe(pa: Mapping[str, Tensor], n: int) -> str:
     parts = []
     for name, values in pa.items():
         value = values[n].item()
-        parts.append(
-            f"{name[:5]} {value:.3g}" if isinstance(value, float) else f"{name[:5]} {value}"
-        )
+        label = _abbreviate(name)
+        parts.append(f"{label} {value:.3g}" if isinstance(value, float) else f"{label} {value}")
     return "\n".join(parts)
 
 
