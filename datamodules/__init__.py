@@ -8,6 +8,7 @@ from datamodules.base import (
     ImageAttributeDataset,
     Variable,
 )
+from datamodules.celeba import CelebADataModule
 from datamodules.folder import FolderDataModule
 from datamodules.morphomnist import ANALYTIC_MECHANISMS as _MORPHOMNIST_LAWS
 from datamodules.morphomnist import MorphoMNISTDataModule
@@ -18,6 +19,7 @@ from datamodules.pendulum import PendulumDataModule
 DATAMODULES = {
     MorphoMNISTDataModule.name: MorphoMNISTDataModule,
     PendulumDataModule.name: PendulumDataModule,
+    CelebADataModule.name: CelebADataModule,
     FolderDataModule.name: FolderDataModule,
 }
 
@@ -34,6 +36,7 @@ __all__ = [
     "DATAMODULES",
     "CONTINUOUS",
     "CausalGraph",
+    "CelebADataModule",
     "CounterfactualDataModule",
     "FolderDataModule",
     "ImageAttributeDataset",

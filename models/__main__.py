@@ -6,7 +6,8 @@ Inputs (one of):
     split=test            images of the checkpoint's dataset (train, val or test; the default)
     folder=DIR csv=FILE   PNGs in DIR listed in FILE (columns: file, then one per attribute)
 
-Interventions, in natural units (thickness in pixels, intensity 0-255, digit a class id):
+Interventions, in natural units (e.g. Morpho-MNIST: thickness in pixels, intensity 0-255, digit
+a class id):
     do.thickness=4.0      set a value for every image (a hard intervention)
     shift.intensity=-40   add to each factual value (a soft intervention)
 
@@ -50,8 +51,25 @@ def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str
             "pass folder=DIR csv=FILE instead"
         )
     overrides = OmegaConf.to_container(cfg.get("data") or OmegaConf.create({}))
-    datamodule = DATAMODULES[model.dataset_name](data_dir=cfg.get("data_dir", "data"), **overrides)
+    try:
+        datamodule = DATAMODULES[model.dataset_name](
+            data_dir=cfg.get("data_dir", "data"), **overrides
+        )
+    except TypeError as error:  # e.g. a folder dataset without data.root
+        raise ValueError(
+            f"cannot build the '{model.dataset_name}' data from data.*={overrides}: {error}"
+        ) from error
     datamodule.setup()
+    if (datamodule.graph.names, tuple(datamodule.image_shape)) != (
+        model.graph.names,
+        tuple(model.image_shape),
+    ):
+        raise ValueError(
+            f"the checkpoint models {model.graph.names} on {tuple(model.image_shape)} images, but "
+            f"the data built with data.*={overrides} have {datamodule.graph.names} on "
+            f"{tuple(datamodule.image_shape)}: pass the data options the model was trained with "
+            "(e.g. data.graph=complex, data.image_size=64)"
+        )
     split = cfg.get("split", "test")
     dataset = {
         "train": datamodule.train_set,

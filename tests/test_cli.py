@@ -19,7 +19,6 @@ from tests.helpers import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data.limit=200",
     "data.batch_size=32",
     "model.latent_dim=4",
     "model.widths=[8,16]",
@@ -35,11 +34,17 @@ TINY = [
 ]
 
 
+def _tiny_data(overrides) -> list[str]:
+    """200 Morpho-MNIST digits, unless the overrides choose another dataset."""
+    return [] if any(o.startswith("data=") for o in overrides) else ["data.limit=200"]
+
+
 def compose_train(data_dir: Path, run_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(
             "train",
             overrides=[
+                *_tiny_data(overrides),
                 *TINY,
                 f"data.data_dir={data_dir}",
                 f"paths.root_dir={ROOT}",
@@ -170,7 +175,7 @@ def compose_evaluate(data_dir: Path, run_dir: Path, *overrides: str):
         return compose(
             "evaluate",
             overrides=[
-                "data.limit=200",
+                *_tiny_data(overrides),
                 f"data.data_dir={data_dir}",
                 f"paths.root_dir={ROOT}",
                 f"paths.output_dir={run_dir}",

@@ -9,8 +9,8 @@ import torch
 from metrics.soundness import composition
 from models import load_model
 from models.diffae import DiffusionAutoencoder
+from tests.families import fit_briefly, tiny_diffae
 from tests.helpers import save_checkpoint
-from tests.models.conftest import fit_briefly, tiny_diffae
 
 #: Max and mean absolute error on [0, 1] of inverting then sampling (10 DDIM steps, 5 fixed-point
 #: refinements per inversion step) on the briefly trained tiny model: measured max 0.07-0.24 and

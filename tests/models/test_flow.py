@@ -9,8 +9,8 @@ from torch.autograd.functional import jacobian
 from models import load_model
 from models.flow import ConditionalFlow, MultiScaleFlow, PixelFlow
 from models.nn.flows import ActNorm, AffineCoupling, InvertibleConv1x1, Squeeze
+from tests.families import FAMILIES
 from tests.helpers import save_checkpoint
-from tests.models.conftest import FAMILIES
 
 CONTEXT = 3
 LAYERS = {

@@ -5,8 +5,8 @@ import torch
 
 from models import load_model
 from models.hvae import HierarchicalVAE
+from tests.families import FAMILIES
 from tests.helpers import quiet_trainer, save_checkpoint
-from tests.models.conftest import FAMILIES
 
 
 def tiny(morpho, **kwargs) -> HierarchicalVAE:

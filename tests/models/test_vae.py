@@ -4,7 +4,7 @@ from models.nn.likelihoods import DiscretizedGaussian
 
 
 def test_residual_off_returns_the_decoder_mean(morpho, test_batch):
-    from tests.models.conftest import FAMILIES
+    from tests.families import FAMILIES
 
     model = FAMILIES["vae"][0](morpho).eval()
     cf = model.counterfactual(test_batch["x"], test_batch["pa"], {}, residual=False)
@@ -15,7 +15,7 @@ def test_residual_off_returns_the_decoder_mean(morpho, test_batch):
 
 
 def test_temperature_samples_the_posterior(morpho, test_batch):
-    from tests.models.conftest import FAMILIES
+    from tests.families import FAMILIES
 
     model = FAMILIES["vae"][0](morpho).eval()
     x, pa = test_batch["x"], test_batch["pa"]
