@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -249,23 +250,28 @@ def load_faces(
     chunks = [paths[i : i + CHUNK_SIZE] for i in range(0, len(paths), CHUNK_SIZE)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
     decode = functools.partial(_load_faces, image_size=image_size)
-    # fork is cheap, and the workers only run PIL and numpy (never torch).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers) if workers > 1 else None
     bar = tqdm(total=len(paths), desc="decoding CelebA", unit="img", leave=False)
+    # Chunks are written into one preallocated array as they arrive (map keeps their order): all of
+    # CelebA is 2.5 GB at 64 px, and concatenating a list of chunks would need twice that.
+    position = 0
+    if workers == 1:
+        results = map(decode, chunks)
+        pool = None
+    else:
+        # fork is cheap, and the workers only run PIL and numpy (never torch). A worker's error
+        # (a corrupt image) comes back as the exception; cancelling the rest leaves no worker.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        results = pool.map(decode, chunks)
     try:
-        # Chunks are written into one preallocated array as they arrive (imap keeps their order):
-        # all of CelebA is 2.5 GB at 64 px, and concatenating a list of chunks would need twice that.
-        position = 0
-        for chunk in map(decode, chunks) if pool is None else pool.imap(decode, chunks):
+        for chunk in results:
             images[position : position + len(chunk)] = chunk
             position += len(chunk)
             bar.update(len(chunk))
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()  # after an error too: no worker outlives the build
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     return images
 
 
