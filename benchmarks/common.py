@@ -38,7 +38,7 @@ def run_train(workdir: Path, overrides: list[str]) -> tuple[Path, float]:
 def counterfactuals_per_second(model, datamodule, batch_size: int = 256, repeats: int = 5) -> float:
     """Median throughput of ``model.counterfactual`` for do(thickness + 1) on test images."""
     test = datamodule.test_set
-    batch = test.batch(range(batch_size))
+    batch = test.batch(range(min(batch_size, len(test))))
     do = {"thickness": lambda t: t + 1}
     model.counterfactual(batch["x"], batch["pa"], do)  # warm-up
     times = []
@@ -46,7 +46,7 @@ def counterfactuals_per_second(model, datamodule, batch_size: int = 256, repeats
         start = time.perf_counter()
         model.counterfactual(batch["x"], batch["pa"], do)
         times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
+    return len(batch["x"]) / statistics.median(times)
 
 
 def publish(text: str, out: str | None) -> None:

@@ -1,0 +1,489 @@
+"""The zoo leaderboard: every family trained under one wall-clock budget, scored by evaluate.py.
+
+    python benchmarks/zoo.py                                   # vae, hvae, flow + the oracle, 3 min
+    python benchmarks/zoo.py --families vae flow --minutes 10 --seeds 3
+    python benchmarks/zoo.py --families diffae --eval-override +options.steps=5   # slow on CPU
+
+For each family (and each training seed), `python train.py model=<family>` runs on embedded
+Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
+suite scores its last checkpoint. The oracle (the dataset's true SCM) is scored as the floor.
+Writes ``benchmarks/results/<machine>-<date>.md`` and ``.json``: one row per model with composition
+(m = 1, 10), reversibility, effectiveness per attribute with the predictors' floor, error against
+the true counterfactual, FID, training images/s, counterfactuals/s and peak memory, the git commit
+and the config; with ``--seeds N``, mean +- std over N training seeds. Also ``<...>-grid.png``: the
+same 8 test digits under do(thickness), do(intensity) and do(digit), one row per model.
+
+Resumable: a (family, seed) whose row exists in the .json for the same commit and config is not
+re-run. ``--scaling`` adds how training time per epoch and counterfactual time per image grow with
+image size (Pendulum at 32 and 64 px) and dataset size (1,000 against 5,000 digits), as ratios
+against linear growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, counterfactuals_per_second  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+import evaluate as evaluate_script  # noqa: E402
+from datamodules import MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
+from metrics.figures import save_grid, visible_interventions  # noqa: E402
+from models import load_model  # noqa: E402
+
+#: Families that train at the CPU default in minutes and whose full suite takes minutes here.
+#: The diffusion autoencoders need ~1 UNet pass per DDIM step per counterfactual: add them with
+#: --families diffae causal_diffae (and a GPU, or --eval-override +options.steps=5).
+DEFAULT_FAMILIES = ("vae", "hvae", "flow")
+ORACLE = "oracle"
+GRID_INTERVENTIONS = ("thickness", "intensity", "digit")
+
+
+# -- provenance ------------------------------------------------------------------------------------
+def git_commit() -> str:
+    """HEAD's hash, with ``-dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def machine_name() -> str:
+    if torch.cuda.is_available():
+        return re.sub(r"\W+", "-", torch.cuda.get_device_name(0)).strip("-").lower()
+    return f"cpu{os.cpu_count()}-{platform.machine()}"
+
+
+def config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -- one model -------------------------------------------------------------------------------------
+def train_with_budget(
+    workdir: Path, family: str, seed: int, minutes: float, overrides: list[str]
+) -> dict:
+    """Run train.py for ``minutes`` of wall time; return the checkpoint, steps, img/s, peak RSS."""
+    seconds = max(1, int(round(minutes * 60)))
+    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"model={family}",
+        f"seed={seed}",
+        f"paths.root_dir={workdir}",
+        f"hydra.run.dir={workdir}/{family}-seed{seed}",
+        f"+trainer.max_time={budget}",
+        "trainer.max_epochs=100000",
+        "callbacks.progress_bar.refresh_rate=0",
+        *overrides,
+    ]
+    log_path = workdir / f"{family}-seed{seed}.log"
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        # wait4 gives this child's own peak resident memory (ru_maxrss, KiB on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    output = log_path.read_text()
+    if process.returncode:
+        sys.exit(f"train.py model={family} failed (log: {log_path}):\n{output[-3000:]}")
+    last = Path(re.search(r"last_ckpt: (\S+)", output).group(1))
+    steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+    run_config = OmegaConf.load(workdir / f"{family}-seed{seed}" / ".hydra" / "config.yaml")
+    batch_size = int(run_config.data.batch_size)
+    return {
+        "checkpoint": str(last),
+        "wall_seconds": elapsed,
+        "steps": steps,
+        "train_images_per_second": steps * batch_size / (minutes * 60),
+        "peak_train_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def score(workdir: Path, name: str, seed: int, overrides: list[str], model_args: list[str]) -> dict:
+    """The full evaluate.py suite (one evaluation seed per training seed)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                *model_args,
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={workdir}/eval-{name}-seed{seed}",
+                f"seeds=[{seed}]",
+                "progress=false",
+                *overrides,
+            ],
+        )
+    return evaluate_script.evaluate(cfg)
+
+
+def metrics_of(report: dict) -> dict[str, float]:
+    """The leaderboard's numbers from an evaluate.py report."""
+    nan = float("nan")
+    interventions = report["interventions"]
+
+    def stat(intervention: str, key: str) -> float:
+        result = interventions.get(intervention)
+        return result[key]["mean"] if result and key in result else nan
+
+    steps = len(report["composition"]["curve_mean"])
+    out = {
+        "composition m=1": report["composition"]["m1"]["mean"],
+        f"composition m={steps}": report["composition"][f"m{steps}"]["mean"],
+    }
+    for name in report["attribute_kinds"]:
+        out[f"reversibility do({name})"] = stat(name, "reversibility/cycle1")
+    for name in report["attribute_kinds"]:
+        out[f"effectiveness do({name})"] = stat(name, f"effectiveness/{name}")
+    for name in report["attribute_kinds"]:
+        if stat(name, "truth/l1") == stat(name, "truth/l1"):  # not NaN: the data have the truth
+            out[f"truth L1 do({name})"] = stat(name, "truth/l1")
+    for name in report["attribute_kinds"]:
+        out[f"FID do({name})"] = stat(name, "fid")
+    return out
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and std over a model's seeds of every number."""
+    keys = [k for k in rows[0]["metrics"]]
+    out = {}
+    for key in keys:
+        values = [r["metrics"][key] for r in rows]
+        finite = [v for v in values if v == v]
+        out[key] = {
+            "mean": statistics.fmean(finite) if finite else float("nan"),
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "n": len(finite),
+        }
+    return out
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def _cell(stat: dict[str, float], key: str) -> str:
+    if stat["n"] == 0:
+        return "n/a"
+    percent = "digit" in key and "effectiveness" in key
+    scale, suffix = (100.0, "%") if percent else (1.0, "")
+    text = f"{scale * stat['mean']:.3g}{suffix}"
+    return text + (f" ± {scale * stat['std']:.2g}" if stat["n"] > 1 else "")
+
+
+def markdown(results: dict, settings: dict) -> str:
+    models = results["models"]
+    names = list(models)
+    keys = list(dict.fromkeys(k for n in names for k in models[n]["summary"]))
+    lines = [
+        f"# cfzoo zoo leaderboard: {settings['machine']}, {settings['date']}",
+        "",
+        f"Command: `{settings['command']}`",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key in keys:
+        cells = [
+            _cell(models[n]["summary"][key], key) if key in models[n]["summary"] else "n/a"
+            for n in names
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    floor = results.get("floor", {})
+    lines += [
+        "",
+        f"Each model trained for {settings['minutes']:g} min of wall time per seed on embedded "
+        f"Morpho-MNIST ({settings['seeds']} training seed(s); mean ± std over seeds when more than "
+        "one), then scored by evaluate.py on the test split. Pixel errors are on the 0-255 scale; "
+        "effectiveness is the predictors' MAE (continuous) or accuracy (digit) on the "
+        "counterfactual against its intended attributes. Predictors' floor on real test images: "
+        + ", ".join(
+            f"{k} {100 * v:.1f}%" if k == "digit" else f"{k} {v:.3g}" for k, v in floor.items()
+        )
+        + ". The oracle renders the true counterfactual: the floor of every metric.",
+        "",
+        "| model | commit | config |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        row = models[name]["rows"][0]
+        lines.append(f"| {name} | `{row['commit'][:12]}` | `{' '.join(row['config']['train'])}` |")
+    if results.get("scaling"):
+        lines += ["", scaling_markdown(results["scaling"])]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path:
+    """The same 8 test digits under do(thickness), do(intensity), do(digit): a row per model."""
+    test = datamodule.test_set
+    batch = test.batch(torch.linspace(0, len(test) - 1, 8).long().tolist())
+    models = {name: load_model(ckpt).eval() for name, ckpt in checkpoints.items()}
+    targets = visible_interventions(batch["pa"], datamodule.graph)
+    rows = [("factual", batch["x"], batch["pa"])]
+    for intervention in GRID_INTERVENTIONS:
+        do = targets[intervention]
+        if intervention in datamodule.ground_truth_variables:
+            truth, attrs = datamodule.true_counterfactual(batch["index"], do)
+            rows.append((f"truth do({intervention[:5]})", truth, attrs))
+        for name, model in models.items():
+            cf = model.counterfactual(batch["x"], batch["pa"], do)
+            rows.append((f"{name} do({intervention[:5]})", cf.image, cf.parents))
+    return save_grid(rows, path, "The zoo's counterfactuals of the same test digits")
+
+
+# -- scaling ---------------------------------------------------------------------------------------
+def epoch_seconds(family: str, datamodule, overrides: dict, steps: int = 8) -> tuple[float, Any]:
+    """Median seconds per training step, times the steps of one epoch (data in memory)."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={family}"])
+    model = instantiate(
+        cfg.model,
+        graph=datamodule.graph.to_dict(),
+        image_shape=list(datamodule.image_shape),
+        dataset=datamodule.name,
+        _convert_="all",
+        **overrides,
+    )
+    model.log_dict = lambda *args, **kwargs: None
+    optimiser = model.configure_optimizers()
+    optimiser = optimiser["optimizer"] if isinstance(optimiser, dict) else optimiser
+    loader = iter(datamodule.train_dataloader())
+    times = []
+    model.train()
+    for n in range(steps + 2):
+        batch = next(loader)
+        start = time.perf_counter()
+        loss = model._step(batch, "train")
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if n >= 2:  # the first steps warm up allocators and kernels
+            times.append(time.perf_counter() - start)
+    batches = len(datamodule.train_dataloader())
+    return statistics.median(times) * batches, model.eval()
+
+
+def seconds_per_counterfactual(model, datamodule) -> float:
+    variable = datamodule.graph.variables[0].name
+    test = datamodule.test_set
+    batch = test.batch(range(min(64, len(test))))
+    do = {variable: batch["pa"][variable].flip(0)}
+    model.counterfactual(batch["x"], batch["pa"], do)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.counterfactual(batch["x"], batch["pa"], do)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / len(batch["x"])
+
+
+def scaling(families: list[str], data_dir: str) -> dict:
+    """Epoch time and counterfactual time against image size and dataset size."""
+    out = {"image_size": {}, "dataset_size": {}}
+    for family in families:
+        sizes = {}
+        for size in (32, 64):
+            dm = PendulumDataModule(data_dir=data_dir, image_size=size, num_samples=1000)
+            dm.setup()
+            epoch, model = epoch_seconds(family, dm, {})
+            sizes[str(size)] = {
+                "epoch_s": epoch,
+                "cf_ms": 1000 * seconds_per_counterfactual(model, dm),
+            }
+        out["image_size"][family] = sizes
+        counts = {}
+        for limit in (1000, 5000):
+            dm = MorphoMNISTDataModule(data_dir=data_dir, limit=limit)
+            dm.setup()
+            epoch, _ = epoch_seconds(family, dm, {})
+            counts[str(limit)] = {"epoch_s": epoch, "train_images": len(dm.train_set)}
+        out["dataset_size"][family] = counts
+    return out
+
+
+def scaling_markdown(results: dict) -> str:
+    lines = [
+        "## Scaling",
+        "",
+        "Image size (Pendulum, RGB, 1,000 scenes): 64 px has 4x the pixels of 32 px; a ratio to "
+        "linear of 1 means time grows in proportion to pixels.",
+        "",
+        "| family | epoch s, 32 px | epoch s, 64 px | ratio to linear | cf ms/img, 32 px | "
+        "cf ms/img, 64 px | ratio to linear |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for family, sizes in results["image_size"].items():
+        small, large = sizes["32"], sizes["64"]
+        lines.append(
+            f"| {family} | {small['epoch_s']:.2f} | {large['epoch_s']:.2f} | "
+            f"{large['epoch_s'] / small['epoch_s'] / 4:.2f} | {small['cf_ms']:.2f} | "
+            f"{large['cf_ms']:.2f} | {large['cf_ms'] / small['cf_ms'] / 4:.2f} |"
+        )
+    lines += [
+        "",
+        "Dataset size (Morpho-MNIST, 1,000 against 5,000 source digits; data held in memory):",
+        "",
+        "| family | epoch s, 1k digits | epoch s, 5k digits | ratio to linear |",
+        "|---|---|---|---|",
+    ]
+    for family, counts in results["dataset_size"].items():
+        small, large = counts["1000"], counts["5000"]
+        growth = large["train_images"] / small["train_images"]
+        lines.append(
+            f"| {family} | {small['epoch_s']:.2f} | {large['epoch_s']:.2f} | "
+            f"{large['epoch_s'] / small['epoch_s'] / growth:.2f} |"
+        )
+    lines += [
+        "",
+        "Epoch time = median time per training step x steps per epoch (8 timed steps after 2 "
+        "warm-up steps); counterfactual time = median of 3 batches of 64 test images.",
+    ]
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/zoo.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES))
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per model")
+    parser.add_argument("--data-dir", default=str(ROOT / "data"))
+    parser.add_argument(
+        "--data-limit", type=int, default=None, help="use this many digits (smoke runs, tests)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=str(ROOT / "outputs" / "zoo"),
+        help="where the runs, checkpoints and reports go (kept for resuming)",
+    )
+    parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--machine", default=machine_name(), help="names the results file")
+    parser.add_argument(
+        "--train-override", action="append", default=[], help="extra train.py override"
+    )
+    parser.add_argument(
+        "--eval-override", action="append", default=[], help="extra evaluate.py override"
+    )
+    parser.add_argument("--no-oracle", action="store_true", help="skip the oracle's row")
+    parser.add_argument("--scaling", action="store_true", help="add the scaling tables")
+    args = parser.parse_args(argv)
+
+    date = datetime.date.today().isoformat()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{args.machine}-{date}"
+    json_path = stem.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {"models": {}}
+    commit = git_commit()
+    workdir = Path(args.work_dir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = [f"data.data_dir={args.data_dir}"]
+    if args.data_limit:
+        data.append(f"data.limit={args.data_limit}")
+    datamodule = MorphoMNISTDataModule(data_dir=args.data_dir, limit=args.data_limit)
+    datamodule.setup()
+    command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save() -> None:  # after every model: a killed run keeps what it measured
+        settings = {
+            "machine": args.machine,
+            "date": date,
+            "minutes": args.minutes,
+            "seeds": args.seeds,
+            "command": command,
+        }
+        for entry in results["models"].values():
+            entry["summary"] = summarise(entry["rows"])
+        json_path.write_text(json.dumps(results, indent=2))
+        stem.with_suffix(".md").write_text(markdown(results, settings))
+
+    names = [*args.families, *([] if args.no_oracle else [ORACLE])]
+    for name in names:
+        for seed in range(args.seeds):
+            config = {
+                "train": [f"model={name}", *data, *args.train_override],
+                "evaluate": [*data, *args.eval_override],
+                "minutes": args.minutes if name != ORACLE else 0,
+            }
+            entry = results["models"].setdefault(name, {"rows": []})
+            key = config_key(config)
+            if any(
+                r["seed"] == seed and r["commit"] == commit and r["config_key"] == key
+                for r in entry["rows"]
+            ):
+                print(f"{name} seed {seed}: already measured at this commit and config", flush=True)
+                continue
+            entry["rows"] = [r for r in entry["rows"] if r["seed"] != seed]
+            print(f"{name} seed {seed}: {'scoring' if name == ORACLE else 'training'}", flush=True)
+            row = {"seed": seed, "commit": commit, "config": config, "config_key": key}
+            if name == ORACLE:
+                report = score(workdir, name, seed, config["evaluate"], ["model=oracle"])
+                row["metrics"] = metrics_of(report)
+            else:
+                trained = train_with_budget(
+                    workdir, name, seed, args.minutes, [*data, *args.train_override]
+                )
+                report = score(
+                    workdir, name, seed, config["evaluate"], [f"ckpt_path={trained['checkpoint']}"]
+                )
+                cf_rate = counterfactuals_per_second(load_model(trained["checkpoint"]), datamodule)
+                row.update(trained)
+                row["metrics"] = {
+                    **metrics_of(report),
+                    "train img/s": trained["train_images_per_second"],
+                    "counterfactuals/s": cf_rate,
+                    "peak train RSS (MB)": trained["peak_train_rss_mb"],
+                }
+            row["report"] = report["files"]["json"]
+            results["floor"] = report["floor"]["predictor"]
+            entry["rows"].append(row)
+            save()
+
+    checkpoints = {
+        name: entry["rows"][0]["checkpoint"]
+        for name, entry in results["models"].items()
+        if name in args.families and Path(entry["rows"][0].get("checkpoint", "")).is_file()
+    }
+    if checkpoints:
+        grid = comparison_grid(checkpoints, datamodule, Path(f"{stem}-grid.png"))
+        print(f"grid: {grid}")
+    if args.scaling:
+        print("measuring scaling", flush=True)
+        results["scaling"] = scaling(args.families, args.data_dir)
+    save()
+    print(stem.with_suffix(".md").read_text())
+    return stem.with_suffix(".md")
+
+
+if __name__ == "__main__":
+    main()
