@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 def predictor_cache_path(datamodule, settings: Mapping[str, Any]) -> Path:
     """``data_dir/predictors/<dataset>-<key>.ckpt``, keyed by the data and the predictor's settings."""
-    spec = {"data": getattr(datamodule, "spec", {"dataset": datamodule.name}), **settings}
+    # The graph's names too: CelebA's two graphs share one data cache but need other predictors.
+    spec = {
+        "data": getattr(datamodule, "spec", {"dataset": datamodule.name}),
+        "graph": list(datamodule.graph.names),
+        **settings,
+    }
     return Path(datamodule.data_dir) / "predictors" / f"{datamodule.name}-{cache_key(spec)}.ckpt"
 
 

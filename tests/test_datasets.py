@@ -120,3 +120,14 @@ def test_celeba_train_then_evaluate(celeba_dir, tmp_path):
         result = report["interventions"][name]
         assert "truth/l1" not in result
         assert 0 <= result[f"effectiveness/{name}"]["mean"] <= 1  # an error rate
+
+
+def test_each_celeba_graph_gets_its_own_cached_predictor(celeba_dir):
+    from metrics.judges import predictor_cache_path
+
+    simple, complex_ = (
+        CelebADataModule(data_dir=str(celeba_dir), graph=g, image_size=16)
+        for g in ("simple", "complex")
+    )
+    assert simple.cache_prefix == complex_.cache_prefix  # one decode serves both graphs
+    assert predictor_cache_path(simple, {}) != predictor_cache_path(complex_, {})
