@@ -191,8 +191,19 @@ def _cell(stat: dict[str, float], key: str) -> str:
         return "n/a"
     percent = "digit" in key and "effectiveness" in key
     scale, suffix = (100.0, "%") if percent else (1.0, "")
-    text = f"{scale * stat['mean']:.3g}{suffix}"
-    return text + (f" ± {scale * stat['std']:.2g}" if stat["n"] > 1 else "")
+    return (
+        _number(scale * stat["mean"])
+        + suffix
+        + (f" ± {_number(scale * stat['std'])}" if stat["n"] > 1 else "")
+    )
+
+
+def _number(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if 0 < abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
 
 
 def markdown(results: dict, settings: dict) -> str:
@@ -231,7 +242,8 @@ def markdown(results: dict, settings: dict) -> str:
     ]
     for name in names:
         row = models[name]["rows"][0]
-        lines.append(f"| {name} | `{row['commit'][:12]}` | `{' '.join(row['config']['train'])}` |")
+        commit = row["commit"][:12] + ("-dirty" if row["commit"].endswith("-dirty") else "")
+        lines.append(f"| {name} | `{commit}` | `{' '.join(row['config']['train'])}` |")
     if results.get("scaling"):
         lines += ["", scaling_markdown(results["scaling"])]
     return "\n".join(lines) + "\n"
@@ -396,6 +408,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--no-oracle", action="store_true", help="skip the oracle's row")
     parser.add_argument("--scaling", action="store_true", help="add the scaling tables")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite the .md (and the grid) from the .json",
+    )
     args = parser.parse_args(argv)
 
     date = datetime.date.today().isoformat()
@@ -414,20 +431,24 @@ def main(argv: list[str] | None = None) -> Path:
     datamodule.setup()
     command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    measured = False
+
     def save() -> None:  # after every model: a killed run keeps what it measured
-        settings = {
-            "machine": args.machine,
-            "date": date,
-            "minutes": args.minutes,
-            "seeds": args.seeds,
-            "command": command,
-        }
+        if measured or "settings" not in results:  # a run that only re-renders keeps the command
+            results["settings"] = {
+                "machine": args.machine,
+                "date": date,
+                "minutes": args.minutes,
+                "seeds": args.seeds,
+                "command": command,
+            }
+        settings = results["settings"]
         for entry in results["models"].values():
             entry["summary"] = summarise(entry["rows"])
         json_path.write_text(json.dumps(results, indent=2))
         stem.with_suffix(".md").write_text(markdown(results, settings))
 
-    names = [*args.families, *([] if args.no_oracle else [ORACLE])]
+    names = [] if args.render_only else [*args.families, *([] if args.no_oracle else [ORACLE])]
     for name in names:
         for seed in range(args.seeds):
             config = {
@@ -467,6 +488,7 @@ def main(argv: list[str] | None = None) -> Path:
             row["report"] = report["files"]["json"]
             results["floor"] = report["floor"]["predictor"]
             entry["rows"].append(row)
+            measured = True
             save()
 
     checkpoints = {
@@ -477,9 +499,10 @@ def main(argv: list[str] | None = None) -> Path:
     if checkpoints:
         grid = comparison_grid(checkpoints, datamodule, Path(f"{stem}-grid.png"))
         print(f"grid: {grid}")
-    if args.scaling:
+    if args.scaling and not args.render_only:
         print("measuring scaling", flush=True)
         results["scaling"] = scaling(args.families, args.data_dir)
+        measured = True
     save()
     print(stem.with_suffix(".md").read_text())
     return stem.with_suffix(".md")

@@ -80,5 +80,6 @@ def load_or_train_predictor(
     log.info("No predictor for %s yet: training one (cached at %s)", datamodule.name, path)
     torch.manual_seed(0)
     predictor, trainer = train_predictor(datamodule, epochs=epochs, progress=progress, **settings)
-    atomic_write(path, trainer.save_checkpoint)  # a killed run leaves no half checkpoint
+    # Weights and hyperparameters only (no optimiser state); a killed run leaves no half file.
+    atomic_write(path, lambda target: trainer.save_checkpoint(target, weights_only=True))
     return predictor, str(path)
