@@ -25,6 +25,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -110,9 +111,8 @@ def train_with_budget(
         # wait4 gives this child's own peak resident memory (ru_maxrss, KiB on Linux).
         _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
     output = log_path.read_text()
-    if process.returncode:
+    if os.waitstatus_to_exitcode(status):
         sys.exit(f"train.py model={family} failed (log: {log_path}):\n{output[-3000:]}")
     last = Path(re.search(r"last_ckpt: (\S+)", output).group(1))
     steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
@@ -163,8 +163,9 @@ def metrics_of(report: dict) -> dict[str, float]:
     for name in report["attribute_kinds"]:
         out[f"effectiveness do({name})"] = stat(name, f"effectiveness/{name}")
     for name in report["attribute_kinds"]:
-        if stat(name, "truth/l1") == stat(name, "truth/l1"):  # not NaN: the data have the truth
-            out[f"truth L1 do({name})"] = stat(name, "truth/l1")
+        truth = stat(name, "truth/l1")
+        if not math.isnan(truth):  # the data have the truth of this intervention
+            out[f"truth L1 do({name})"] = truth
     for name in report["attribute_kinds"]:
         out[f"FID do({name})"] = stat(name, "fid")
     return out
@@ -268,7 +269,7 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
 
 
 # -- scaling ---------------------------------------------------------------------------------------
-def epoch_seconds(family: str, datamodule, overrides: dict, steps: int = 8) -> tuple[float, Any]:
+def epoch_seconds(family: str, datamodule, steps: int = 8) -> tuple[float, Any]:
     """Median seconds per training step, times the steps of one epoch (data in memory)."""
     from hydra.utils import instantiate
 
@@ -280,7 +281,6 @@ def epoch_seconds(family: str, datamodule, overrides: dict, steps: int = 8) -> t
         image_shape=list(datamodule.image_shape),
         dataset=datamodule.name,
         _convert_="all",
-        **overrides,
     )
     model.log_dict = lambda *args, **kwargs: None
     optimiser = model.configure_optimizers()
@@ -323,7 +323,7 @@ def scaling(families: list[str], data_dir: str) -> dict:
         for size in (32, 64):
             dm = PendulumDataModule(data_dir=data_dir, image_size=size, num_samples=1000)
             dm.setup()
-            epoch, model = epoch_seconds(family, dm, {})
+            epoch, model = epoch_seconds(family, dm)
             sizes[str(size)] = {
                 "epoch_s": epoch,
                 "cf_ms": 1000 * seconds_per_counterfactual(model, dm),
@@ -333,7 +333,7 @@ def scaling(families: list[str], data_dir: str) -> dict:
         for limit in (1000, 5000):
             dm = MorphoMNISTDataModule(data_dir=data_dir, limit=limit)
             dm.setup()
-            epoch, _ = epoch_seconds(family, dm, {})
+            epoch, _ = epoch_seconds(family, dm)
             counts[str(limit)] = {"epoch_s": epoch, "train_images": len(dm.train_set)}
         out["dataset_size"][family] = counts
     return out

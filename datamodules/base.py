@@ -397,6 +397,11 @@ class CounterfactualDataModule(pl.LightningDataModule):
 TRAIN, VAL, TEST = 0, 1, 2
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
+
+
 def draw_split(
     n: int,
     val_fraction: float,
@@ -409,8 +414,7 @@ def draw_split(
     Args:
         is_test: the source's official test samples, if it has a test split; else one is drawn.
     """
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
-        raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
+    check_fractions(val_fraction, test_fraction)
     split = np.zeros(n, dtype=np.int8)
     if is_test is None or not is_test.any():
         is_test = np.zeros(n, dtype=bool)
@@ -430,20 +434,27 @@ class CachedArrayDataModule(CounterfactualDataModule):
     per variable of the graph, and ``"split"`` (:func:`draw_split` labels). Extra arrays (e.g. the
     exogenous noise of synthetic data) are cached alongside.
 
-    ``setup`` standardises the continuous variables on the training split.
+    ``setup`` standardises the continuous variables on the training split. ``val_fraction`` and
+    ``test_fraction`` shape the seeded split of :meth:`draw_split` (datasets with official splits
+    ignore them).
     """
 
     def __init__(
         self,
         data_dir: str = "data",
         seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        check_fractions(val_fraction, test_fraction)  # now, not after a long build
         self.data_dir = Path(data_dir).expanduser()
         self.seed = seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.arrays: dict[str, np.ndarray] | None = None
         self.cache_path: Path | None = None
 
@@ -458,6 +469,12 @@ class CachedArrayDataModule(CounterfactualDataModule):
 
     def build(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def draw_split(
+        self, n: int, rng: np.random.Generator, is_test: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:func:`draw_split` with this datamodule's fractions."""
+        return draw_split(n, self.val_fraction, self.test_fraction, rng, is_test)
 
     def prepare_data(self) -> None:
         self.load()

@@ -51,7 +51,6 @@ from datamodules.base import (
     CachedArrayDataModule,
     CausalGraph,
     Variable,
-    draw_split,
 )
 
 __all__ = ["FolderDataModule", "graph_from_yaml", "load_image_folder", "read_graph_spec"]
@@ -231,20 +230,34 @@ def read_image(path: Path, mode: str | None, where: str) -> np.ndarray:
 
 
 def _read_images(
-    root: Path, rows: Sequence[Mapping[str, str]], table: Path, progress: bool = True
+    root: Path,
+    rows: Sequence[Mapping[str, str]],
+    table: Path,
+    image_shape: Sequence[int] | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
-    """All images as ``(N, C, H, W)`` uint8; the first image fixes the size and the colour mode."""
-    first = read_image(root / rows[0]["file"], None, f"{table} row 2")
-    mode = "L" if first.shape[2] == 1 else "RGB"
-    images = np.empty((len(rows), first.shape[2], first.shape[0], first.shape[1]), dtype=np.uint8)
+    """All images as ``(N, C, H, W)`` uint8.
+
+    Args:
+        image_shape: the ``(C, H, W)`` a model needs; ``None``: the first image fixes the size and
+            the colour mode.
+    """
+    if image_shape is None:
+        first = read_image(root / rows[0]["file"], None, f"{table} row 2")
+        channels, size = first.shape[2], first.shape[:2]
+        reference = f"{rows[0]['file']} is {size[1]}x{size[0]}: every image must have the same size"
+    else:
+        channels, size = image_shape[0], tuple(image_shape[1:])
+        reference = f"the model needs {size[1]}x{size[0]}"
+    mode = "L" if channels == 1 else "RGB"
+    images = np.empty((len(rows), channels, *size), dtype=np.uint8)
     for line, row in enumerate(tqdm(rows, desc="reading images", disable=not progress), start=2):
         path = root / row["file"]
         array = read_image(path, mode, f"{table} row {line}")
-        if array.shape[:2] != first.shape[:2]:
+        if array.shape[:2] != size:
             raise ValueError(
                 f"{table} row {line}: image {path} is {array.shape[1]}x{array.shape[0]} pixels but "
-                f"{rows[0]['file']} is {first.shape[1]}x{first.shape[0]}: every image must have "
-                "the same size (resize them first)"
+                f"{reference} (resize them first)"
             )
         images[line - 2] = array.transpose(2, 0, 1)
     return images
@@ -281,6 +294,8 @@ class FolderDataModule(CachedArrayDataModule):
         super().__init__(
             data_dir=data_dir,
             seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -293,8 +308,6 @@ class FolderDataModule(CachedArrayDataModule):
         self.root = Path(root).expanduser().resolve()
         self.table_path = self.root / table
         self.graph_path = self.root / graph
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
         spec = read_graph_spec(self.graph_path)
         self._rows = _read_table(self.table_path, list(spec["variables"]))
         kinds = {name: entry["kind"] for name, entry in spec["variables"].items()}
@@ -335,7 +348,7 @@ class FolderDataModule(CachedArrayDataModule):
     def _split(self) -> np.ndarray:
         if "split" not in self._rows[0]:
             rng = np.random.default_rng(self.seed)
-            return draw_split(len(self._rows), self.val_fraction, self.test_fraction, rng)
+            return self.draw_split(len(self._rows), rng)
         labels = []
         for line, row in enumerate(self._rows, start=2):
             label = (row["split"] or "").strip().lower()
@@ -371,20 +384,9 @@ def load_image_folder(
     rows = _read_table(table, graph.names)
     values = _parse_attributes(rows, _kinds(graph), table)
     _check_support(values, graph, table)
-    channels, height, width = image_shape
-    mode = "L" if channels == 1 else "RGB"
-    images = []
-    for line, row in enumerate(rows, start=2):
-        path = folder / row["file"]
-        array = read_image(path, mode, f"{table} row {line}")
-        if array.shape[:2] != (height, width):
-            raise ValueError(
-                f"{table} row {line}: image {path} is {array.shape[1]}x{array.shape[0]} pixels; "
-                f"the model needs {width}x{height}"
-            )
-        images.append(array.transpose(2, 0, 1))
+    images = _read_images(folder, rows, table, image_shape, progress=False)
     pa = {name: torch.from_numpy(column) for name, column in values.items()}
-    x = torch.from_numpy(np.stack(images)).float().div_(255.0)
+    x = torch.from_numpy(images).float().div_(255.0)
     return x, pa, [row["file"] for row in rows]
 
 

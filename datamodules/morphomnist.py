@@ -38,7 +38,6 @@ from datamodules.base import (
     CausalGraph,
     Intervention,
     Variable,
-    draw_split,
 )
 
 __all__ = ["MorphoMNISTDataModule", "intensity_law", "render_digits"]
@@ -202,6 +201,8 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
         super().__init__(
             data_dir=data_dir,
             seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -210,13 +211,9 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
             raise ValueError(f"unknown Morpho-MNIST source '{source}'; choose one of {SOURCES}")
         if limit is not None and limit < 10:
             raise ValueError(f"limit must be at least 10 digits, got {limit}")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
         self.source = source
         self.download = download
         self.limit = limit
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
         self.generation_workers = generation_workers
         self.graph = GRAPH
 
@@ -270,7 +267,7 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
             workers=self.generation_workers,
             progress="rendering Morpho-MNIST",
         )
-        split = draw_split(n, self.val_fraction, self.test_fraction, rng, is_test)
+        split = self.draw_split(n, rng, is_test)
         return {
             "images": images,
             "thickness": thickness,

@@ -39,7 +39,6 @@ from datamodules.base import (
     CausalGraph,
     Intervention,
     Variable,
-    draw_split,
 )
 
 __all__ = ["PendulumDataModule", "render_scene", "shadow_geometry"]
@@ -100,13 +99,11 @@ def shadow_geometry(angle: Tensor, light: Tensor) -> tuple[Tensor, Tensor]:
     return (tip - pivot).abs(), (tip + pivot) / 2
 
 
-def shadow_law(angle: Tensor, light: Tensor, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The shadow's structural equations: ``{shadow_length, shadow_position}`` from their noise."""
-    length, centre = shadow_geometry(angle, light)
-    return {
-        "shadow_length": length * torch.exp(noise["shadow_length"]),
-        "shadow_position": centre + noise["shadow_position"],
-    }
+def _pixel_grid(size: int) -> tuple[float, Tensor, Tensor]:
+    """Pixel side and the scene coordinates of pixel centres: ``x (1, 1, S)``, ``y (1, S, 1)``."""
+    pixel = SCENE / size
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
+    return pixel, centres.view(1, 1, size), (SCENE - centres).view(1, size, 1)  # row 0: the top
 
 
 def _coverage(distance: Tensor, pixel: float) -> Tensor:
@@ -127,10 +124,7 @@ def render_scene(
     chunk: int = 1024,
 ) -> Tensor:
     """Render scenes as ``(B, 3, size, size)`` uint8 images; deterministic and vectorised."""
-    pixel = SCENE / size
-    centres = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
-    x = centres.view(1, 1, size)
-    y = (SCENE - centres).view(1, size, 1)  # row 0 is the top of the scene
+    pixel, x, y = _pixel_grid(size)
     colour = {k: torch.tensor(v).view(1, 3, 1, 1) for k, v in COLOURS.items()}
     out = []
     for start in range(0, len(angle), chunk):
@@ -208,9 +202,8 @@ class ShadowLengthLaw(AnalyticMechanism):
         return torch.log(value.clamp(min=1e-6)) - torch.log(length.clamp(min=1e-6))
 
     def predict(self, noise, pa):
-        return shadow_law(pa["angle"], pa["light"], {"shadow_length": noise, "shadow_position": 0})[
-            "shadow_length"
-        ]
+        length, _ = shadow_geometry(pa["angle"], pa["light"])
+        return length * torch.exp(noise)
 
     def log_prob(self, value, pa):
         # change of variables: du/ds = 1 / s
@@ -238,6 +231,15 @@ class ShadowPositionLaw(AnalyticMechanism):
 
     def sample_noise(self, n, device=None):
         return POSITION_NOISE_SD * torch.randn(n, device=device)
+
+
+def shadow_law(angle: Tensor, light: Tensor, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The shadow's structural equations: ``{shadow_length, shadow_position}`` from their noise."""
+    pa = {"angle": angle, "light": light}
+    return {
+        "shadow_length": ShadowLengthLaw().predict(noise["shadow_length"], pa),
+        "shadow_position": ShadowPositionLaw().predict(noise["shadow_position"], pa),
+    }
 
 
 #: The true equations of every Pendulum attribute (``scm.mechanism=analytic``).
@@ -282,6 +284,8 @@ class PendulumDataModule(CachedArrayDataModule):
         super().__init__(
             data_dir=data_dir,
             seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -290,13 +294,9 @@ class PendulumDataModule(CachedArrayDataModule):
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
         if num_samples < 20:
             raise ValueError(f"num_samples must be at least 20, got {num_samples}")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
         self.image_size = int(image_size)
         self.image_shape = (3, self.image_size, self.image_size)
         self.num_samples = int(num_samples)
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
         self.graph = GRAPH
 
     @property
@@ -339,7 +339,7 @@ class PendulumDataModule(CachedArrayDataModule):
             "light": light.numpy(),
             **{k: v.numpy() for k, v in shadow.items()},
             **{f"{k}_noise": v.numpy() for k, v in noise.items()},
-            "split": draw_split(n, self.val_fraction, self.test_fraction, rng),
+            "split": self.draw_split(n, rng),
         }
 
     # -- ground truth ---------------------------------------------------------------------------
@@ -421,10 +421,7 @@ def _colour_weight(images: Tensor, name: str, tolerance: float = 0.25) -> Tensor
 def measure_scene(images: Tensor) -> dict[str, Tensor]:
     """Measure the four attributes of ``(B, 3, S, S)`` Pendulum images in [0, 1]."""
     size = images.shape[-1]
-    pixel = SCENE / size
-    centres = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
-    x = centres.view(1, 1, size)
-    y = (SCENE - centres).view(1, size, 1)
+    pixel, x, y = _pixel_grid(size)
     eps = 1e-6
 
     ball = _colour_weight(images, "ball")

@@ -13,6 +13,7 @@ from datamodules import celeba
 from datamodules.base import TEST, TRAIN, VAL, CausalGraph
 from datamodules.celeba import CelebADataModule
 from tests.fake_celeba import ATTRIBUTE_NAMES, write_fake_celeba
+from tests.families import FAMILIES
 from tests.helpers import quiet_trainer
 
 #: Fake faces of the shared folder: enough for the attribute SCM to see the complex graph's
@@ -223,18 +224,8 @@ def test_attribute_scm_learns_the_complex_mechanisms(fake_dir):
 
 
 def test_a_model_trains_and_answers_counterfactuals(celeba_simple):
-    from models.vae import ConditionalVAE
-
     dm = celeba_simple
-    model = ConditionalVAE(
-        graph=dm.graph.to_dict(),
-        image_shape=dm.image_shape,
-        dataset=dm.name,
-        latent_dim=4,
-        widths=(8, 16),
-        hidden=32,
-        scm={"hidden": 16, "transforms": 2},
-    )
+    model = FAMILIES["vae"][0](dm)
     quiet_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1).fit(
         model, datamodule=dm
     )
