@@ -87,7 +87,9 @@ class CounterfactualModel(pl.LightningModule):
         weight_decay: AdamW weight decay.
         ema_decay: keep an exponential moving average of ``self.net``'s weights with this decay
             and use it outside training (0 disables; families opt in by calling
-            :meth:`setup_ema` once ``self.net`` exists).
+            :meth:`setup_ema` once ``self.net`` exists). The decay warms up as
+            ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run's average
+            is not dominated by the initial weights (0.999 ** 500 = 0.61 of them without it).
         skip_grad_norm: skip an optimiser update whose gradient norm exceeds this (or is not
             finite), as VDVAE does against rare loss spikes; ``None`` never skips.
     """
@@ -122,6 +124,8 @@ class CounterfactualModel(pl.LightningModule):
         self.skip_grad_norm = skip_grad_norm
         self.ema_net: torch.nn.Module | None = None
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+        # counted in the checkpoint, so a resumed run continues the same warm-up
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # -- EMA and update skipping ----------------------------------------------------------------
     def setup_ema(self) -> None:
@@ -138,8 +142,11 @@ class CounterfactualModel(pl.LightningModule):
         if self.ema_net is None:
             return
         with torch.no_grad():
+            n = float(self.ema_updates)
+            decay = min(self.ema_decay, (1.0 + n) / (10.0 + n))
             ema = list(self.ema_net.parameters())
-            torch._foreach_lerp_(ema, list(self.net.parameters()), 1.0 - self.ema_decay)
+            torch._foreach_lerp_(ema, list(self.net.parameters()), 1.0 - decay)
+            self.ema_updates += 1
             for ema_buffer, buffer in zip(self.ema_net.buffers(), self.net.buffers()):
                 ema_buffer.copy_(buffer)
 

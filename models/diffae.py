@@ -354,7 +354,6 @@ class DiffusionAutoencoder(CounterfactualModel):
         self.p_uncond = p_uncond
         self.block_weight = block_weight
         self._compiled: dict[int, Callable] = {}
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.setup_ema()
 
     # -- networks ------------------------------------------------------------------------------
@@ -443,17 +442,6 @@ class DiffusionAutoencoder(CounterfactualModel):
             fits = sum(v for k, v in block_losses.items() if not k.startswith("head_"))
             loss = loss + self.block_weight * heads + fits
         return loss, logs
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema_net is None:
-            return
-        target, updates = self.ema_decay, int(self.ema_updates)
-        self.ema_decay = min(target, (1.0 + updates) / (10.0 + updates))
-        try:
-            super().on_train_batch_end(outputs, batch, batch_idx)
-        finally:
-            self.ema_decay = target
-        self.ema_updates += 1
 
     # -- the three steps -----------------------------------------------------------------------
     def _context_parts(
