@@ -1,12 +1,14 @@
 """The zoo leaderboard: every family trained under one wall-clock budget, scored by evaluate.py.
 
-    python benchmarks/zoo.py                                   # vae, hvae, flow + the oracle, 3 min
+    python benchmarks/zoo.py                    # vae, hvae, hvae_cf, flow + the oracle, 3 min
     python benchmarks/zoo.py --families vae flow --minutes 10 --seeds 3
     python benchmarks/zoo.py --families diffae --eval-override +options.steps=5   # slow on CPU
 
 For each family (and each training seed), `python train.py model=<family>` runs on embedded
 Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
-suite scores its last checkpoint. The oracle (the dataset's true SCM) is scored as the floor.
+suite scores its last checkpoint. ``hvae_cf`` is a second stage, not a budgeted run: the
+counterfactual training of experiment=hvae_cf_morphomnist, started from the same seed's ``hvae``
+checkpoint and run for that experiment's epochs; its row states the extra wall time. The oracle (the dataset's true SCM) is scored as the floor.
 Writes ``benchmarks/results/<machine>-<date>.md`` and ``.json``: one row per model with composition
 (m = 1, 10), reversibility, effectiveness per attribute with the predictors' floor, error against
 the true counterfactual, FID, training images/s, counterfactuals/s and peak memory, the git commit
@@ -52,7 +54,9 @@ from models import load_model  # noqa: E402
 #: Families that train at the CPU default in minutes and whose full suite takes minutes here.
 #: The diffusion autoencoders need ~1 UNet pass per DDIM step per counterfactual: add them with
 #: --families diffae causal_diffae (and a GPU, or --eval-override +options.steps=5).
-DEFAULT_FAMILIES = ("vae", "hvae", "flow")
+DEFAULT_FAMILIES = ("vae", "hvae", "hvae_cf", "flow")
+#: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides).
+STAGES = {"hvae_cf": ("hvae", ["experiment=hvae_cf_morphomnist"])}
 ORACLE = "oracle"
 GRID_INTERVENTIONS = ("thickness", "intensity", "digit")
 
@@ -86,25 +90,18 @@ def config_key(config: dict) -> str:
 
 
 # -- one model -------------------------------------------------------------------------------------
-def train_with_budget(
-    workdir: Path, family: str, seed: int, minutes: float, overrides: list[str]
-) -> dict:
-    """Run train.py for ``minutes`` of wall time; return the checkpoint, steps, img/s, peak RSS."""
-    seconds = max(1, int(round(minutes * 60)))
-    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def run_train(workdir: Path, run: str, seed: int, overrides: list[str]) -> dict:
+    """Run train.py as ``run``; return the checkpoint, wall time, steps and peak RSS."""
     command = [
         sys.executable,
         str(ROOT / "train.py"),
-        f"model={family}",
         f"seed={seed}",
         f"paths.root_dir={workdir}",
-        f"hydra.run.dir={workdir}/{family}-seed{seed}",
-        f"+trainer.max_time={budget}",
-        "trainer.max_epochs=100000",
+        f"hydra.run.dir={workdir}/{run}-seed{seed}",
         "callbacks.progress_bar.refresh_rate=0",
         *overrides,
     ]
-    log_path = workdir / f"{family}-seed{seed}.log"
+    log_path = workdir / f"{run}-seed{seed}.log"
     start = time.perf_counter()
     with log_path.open("w") as log:
         process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -113,18 +110,50 @@ def train_with_budget(
     elapsed = time.perf_counter() - start
     output = log_path.read_text()
     if os.waitstatus_to_exitcode(status):
-        sys.exit(f"train.py model={family} failed (log: {log_path}):\n{output[-3000:]}")
+        sys.exit(f"train.py {' '.join(overrides)} failed (log: {log_path}):\n{output[-3000:]}")
     last = Path(re.search(r"last_ckpt: (\S+)", output).group(1))
-    steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
-    run_config = OmegaConf.load(workdir / f"{family}-seed{seed}" / ".hydra" / "config.yaml")
-    batch_size = int(run_config.data.batch_size)
+    run_config = OmegaConf.load(workdir / f"{run}-seed{seed}" / ".hydra" / "config.yaml")
     return {
         "checkpoint": str(last),
         "wall_seconds": elapsed,
-        "steps": steps,
-        "train_images_per_second": steps * batch_size / (minutes * 60),
+        "steps": int(torch.load(last, map_location="cpu", weights_only=True)["global_step"]),
+        "batch_size": int(run_config.data.batch_size),
         "peak_train_rss_mb": usage.ru_maxrss / 1024,
     }
+
+
+def train_with_budget(
+    workdir: Path, family: str, seed: int, minutes: float, overrides: list[str]
+) -> dict:
+    """Run train.py for ``minutes`` of wall time; return the checkpoint, steps, img/s, peak RSS."""
+    seconds = max(1, int(round(minutes * 60)))
+    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    trained = run_train(
+        workdir,
+        family,
+        seed,
+        [f"model={family}", f"+trainer.max_time={budget}", "trainer.max_epochs=100000", *overrides],
+    )
+    trained["train_images_per_second"] = trained["steps"] * trained["batch_size"] / seconds
+    return trained
+
+
+def train_stage(
+    workdir: Path, name: str, seed: int, base_checkpoint: str, overrides: list[str]
+) -> dict:
+    """Run a second stage (``STAGES[name]``) from ``base_checkpoint`` for its configured epochs."""
+    _, stage_overrides = STAGES[name]
+    trained = run_train(
+        workdir,
+        name,
+        seed,
+        [*stage_overrides, f"model.cf_finetune.init_ckpt={base_checkpoint}", *overrides],
+    )
+    # the stage's own steps over its whole wall time (start-up included)
+    trained["train_images_per_second"] = (
+        trained["steps"] * trained["batch_size"] / trained["wall_seconds"]
+    )
+    return trained
 
 
 def score(workdir: Path, name: str, seed: int, overrides: list[str], model_args: list[str]) -> dict:
@@ -236,7 +265,13 @@ def markdown(results: dict, settings: dict) -> str:
         + ", ".join(
             f"{k} {100 * v:.1f}%" if k == "digit" else f"{k} {v:.3g}" for k, v in floor.items()
         )
-        + ". The oracle renders the true counterfactual: the floor of every metric.",
+        + ". The oracle renders the true counterfactual: the floor of every metric."
+        + "".join(
+            f" {stage} continues the {base} checkpoint of the same seed ({' '.join(extra)});"
+            f" its training minutes include {base}'s budget."
+            for stage, (base, extra) in STAGES.items()
+            if stage in models
+        ),
         "",
         "| model | commit | config |",
         "|---|---|---|",
@@ -448,11 +483,25 @@ def main(argv: list[str] | None = None) -> Path:
         json_path.write_text(json.dumps(results, indent=2))
         stem.with_suffix(".md").write_text(markdown(results, settings))
 
+    def base_checkpoint(stage: str, seed: int) -> str:
+        base = STAGES[stage][0]
+        rows = [r for r in results["models"].get(base, {}).get("rows", []) if r["seed"] == seed]
+        if not rows or not Path(rows[0].get("checkpoint", "")).is_file():
+            sys.exit(
+                f"{stage} starts from the {base} checkpoint: list {base} before it in --families"
+            )
+        return rows[0]["checkpoint"]
+
     names = [] if args.render_only else [*args.families, *([] if args.no_oracle else [ORACLE])]
     for name in names:
         for seed in range(args.seeds):
+            launch = (
+                [*STAGES[name][1], f"(from the {STAGES[name][0]} checkpoint)"]
+                if name in STAGES
+                else []
+            )
             config = {
-                "train": [f"model={name}", *data, *args.train_override],
+                "train": [*(launch or [f"model={name}"]), *data, *args.train_override],
                 "evaluate": [*data, *args.eval_override],
                 "minutes": args.minutes if name != ORACLE else 0,
             }
@@ -471,16 +520,28 @@ def main(argv: list[str] | None = None) -> Path:
                 report = score(workdir, name, seed, config["evaluate"], ["model=oracle"])
                 row["metrics"] = metrics_of(report)
             else:
-                trained = train_with_budget(
-                    workdir, name, seed, args.minutes, [*data, *args.train_override]
-                )
+                if name in STAGES:
+                    trained = train_stage(
+                        workdir,
+                        name,
+                        seed,
+                        base_checkpoint(name, seed),
+                        [*data, *args.train_override],
+                    )
+                else:
+                    trained = train_with_budget(
+                        workdir, name, seed, args.minutes, [*data, *args.train_override]
+                    )
                 report = score(
                     workdir, name, seed, config["evaluate"], [f"ckpt_path={trained['checkpoint']}"]
                 )
                 cf_rate = counterfactuals_per_second(load_model(trained["checkpoint"]), datamodule)
                 row.update(trained)
+                # a second stage's minutes come on top of its base model's budget
+                minutes = args.minutes + (trained["wall_seconds"] / 60 if name in STAGES else 0)
                 row["metrics"] = {
                     **metrics_of(report),
+                    "training minutes": minutes,
                     "train img/s": trained["train_images_per_second"],
                     "counterfactuals/s": cf_rate,
                     "peak train RSS (MB)": trained["peak_train_rss_mb"],
