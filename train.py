@@ -66,12 +66,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if checkpoint is not None and trainer.is_global_zero:
-        metrics["last_ckpt"] = checkpoint.last_model_path
-        metrics["best_ckpt"] = checkpoint.best_model_path
-        log.info("Last checkpoint: %s", checkpoint.last_model_path)
-        log.info("Best checkpoint: %s", checkpoint.best_model_path)
+    # the unmonitored checkpoint keeps the latest epoch, the monitored one the best
+    checkpoints = {
+        "last_ckpt" if c.monitor is None else "best_ckpt": c.best_model_path
+        for c in trainer.callbacks
+        if isinstance(c, ModelCheckpoint)
+    }
+    if trainer.is_global_zero:
+        for key, path in checkpoints.items():
+            metrics[key] = path
+            log.info("%s checkpoint: %s", "Last" if key == "last_ckpt" else "Best", path)
     if trainer.is_global_zero and isinstance(model, CounterfactualModel):
         datamodule.setup("test")
         grid = counterfactual_grid(

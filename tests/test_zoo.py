@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -26,6 +28,8 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     argv = [
         "--families",
         "vae",
+        "hvae",
+        "hvae_cf",
         "flow",
         "--minutes",
         "0.05",
@@ -40,10 +44,11 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
         "--machine",
         "testbox",
         *[f"--eval-override={o}" for o in TINY_EVAL],
+        "--train-override=trainer.max_epochs=1",  # the hvae_cf stage: one epoch
     ]
     markdown_path = zoo.main(argv)
     results = json.loads(markdown_path.with_suffix(".json").read_text())
-    assert list(results["models"]) == ["vae", "flow", "oracle"]
+    assert list(results["models"]) == ["vae", "hvae", "hvae_cf", "flow", "oracle"]
     columns = [
         "composition m=1",
         "composition m=3",
@@ -53,12 +58,24 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
         "truth L1 do(intensity)",
         *(f"FID do({v})" for v in ("thickness", "intensity", "digit")),
     ]
-    for name in ("vae", "flow"):
+    extra = ["training minutes", "train img/s", "counterfactuals/s", "peak train RSS (MB)"]
+    for name in ("vae", "hvae", "hvae_cf", "flow"):
         row = results["models"][name]["rows"][0]
-        for column in [*columns, "train img/s", "counterfactuals/s", "peak train RSS (MB)"]:
+        for column in [*columns, *extra]:
             assert row["metrics"][column] == row["metrics"][column], column  # present, not NaN
         assert row["metrics"]["peak train RSS (MB)"] > 100  # a torch process
-        assert len(row["commit"]) >= 40 and row["config"]["train"][0] == f"model={name}"
+        launch = "experiment=hvae_cf_morphomnist" if name == "hvae_cf" else f"model={name}"
+        assert len(row["commit"]) >= 40 and row["config"]["train"][0] == launch
+    # the second stage started from the hvae row's checkpoint and counts its budget too
+    stage = results["models"]["hvae_cf"]["rows"][0]
+    assert (
+        "hvae-seed0"
+        in (tmp_path / "work" / "hvae_cf-seed0" / ".hydra" / "overrides.yaml").read_text()
+    )
+    assert (
+        stage["metrics"]["training minutes"]
+        > results["models"]["hvae"]["rows"][0]["metrics"]["training minutes"]
+    )
     oracle = results["models"]["oracle"]["rows"][0]["metrics"]
     assert oracle["truth L1 do(thickness)"] < 0.05 and oracle["composition m=1"] == 0
     assert set(results["floor"]) == {"thickness", "intensity", "digit"}
@@ -70,7 +87,14 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     capsys.readouterr()
     zoo.main(argv)
     out = capsys.readouterr().out
-    assert out.count("already measured") == 3
+    assert out.count("already measured") == 5
+
+
+def test_a_second_stage_needs_its_base_model(data_dir, tmp_path):
+    argv = ["--families", "hvae_cf", "--no-oracle", "--data-limit", "200"]
+    argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--work-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="list hvae before it in --families"):
+        zoo.main(argv)
 
 
 def results_date(path: Path) -> str:
