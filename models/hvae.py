@@ -224,7 +224,7 @@ class HierarchicalVAE(CounterfactualModel):
         graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, ema_decay,
             skip_grad_norm: see :class:`~models.base.CounterfactualModel`.
         width: channels of the ladder.
-        levels: ``[resolution, number of latents]`` pairs, e.g. ``[[4, 2], [8, 2], [16, 1]]``.
+        levels: ``[resolution, number of latents]`` pairs, e.g. ``[[4, 2], [8, 2]]``.
         z_channels: channels of each latent.
         encoder_blocks: residual blocks per resolution in the encoder.
         cond_prior: condition the priors on the attributes (the latent mediator).
@@ -245,7 +245,7 @@ class HierarchicalVAE(CounterfactualModel):
         image_shape: Sequence[int],
         dataset: str = "unknown",
         width: int = 32,
-        levels: Sequence[Sequence[int]] = ((4, 2), (8, 2), (16, 1)),
+        levels: Sequence[Sequence[int]] = ((4, 2), (8, 2)),
         z_channels: int = 8,
         encoder_blocks: int = 1,
         cond_prior: bool = True,
