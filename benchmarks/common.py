@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -9,30 +10,47 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def run_train(workdir: Path, overrides: list[str]) -> tuple[Path, float]:
-    """Run ``python train.py`` in ``workdir``; return its last checkpoint and the wall time."""
+def run_train(workdir: Path, overrides: list[str], run: str = "train") -> dict:
+    """Run ``python train.py`` in ``workdir`` with its output in ``<run>.log``.
+
+    Returns the last checkpoint, the wall time, the optimiser steps, the batch size and the
+    process's own peak resident memory (``wait4``'s ``ru_maxrss``), and exits with the log's tail
+    if training fails.
+    """
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"paths.root_dir={workdir}",
+        f"hydra.run.dir={workdir}/{run}",
+        "callbacks.progress_bar.refresh_rate=0",
+        *overrides,
+    ]
+    log_path = workdir / f"{run}.log"
     start = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"paths.root_dir={workdir}",
-            "callbacks.progress_bar.refresh_rate=0",
-            *overrides,
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # ru_maxrss: KiB on Linux
     elapsed = time.perf_counter() - start
-    if result.returncode:
-        sys.exit(f"train.py {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
-    return Path(re.search(r"last_ckpt: (\S+)", result.stdout).group(1)), elapsed
+    output = log_path.read_text()
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"train.py {' '.join(overrides)} failed (log: {log_path}):\n{output[-3000:]}")
+    last = Path(re.search(r"last_ckpt: (\S+)", output).group(1))
+    run_config = OmegaConf.load(workdir / run / ".hydra" / "config.yaml")
+    return {
+        "checkpoint": str(last),
+        "wall_seconds": elapsed,
+        "steps": int(torch.load(last, map_location="cpu", weights_only=True)["global_step"]),
+        "batch_size": int(run_config.data.batch_size),
+        "peak_train_rss_mb": usage.ru_maxrss / 1024,
+    }
 
 
 def counterfactuals_per_second(model, datamodule, batch_size: int = 256, repeats: int = 5) -> float:

@@ -98,7 +98,8 @@ def main() -> None:
         ckpt = Path(args.ckpt)
     else:
         workdir = Path(tempfile.mkdtemp(prefix="cfzoo-default-run-"))
-        ckpt, wall = run_train(workdir, [])
+        trained = run_train(workdir, [])
+        ckpt, wall = Path(trained["checkpoint"]), trained["wall_seconds"]
     model = load_model(ckpt)
     datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
     datamodule.setup()

@@ -8,7 +8,8 @@ For each family (and each training seed), `python train.py model=<family>` runs 
 Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
 suite scores its last checkpoint. ``hvae_cf`` is a second stage, not a budgeted run: the
 counterfactual training of experiment=hvae_cf_morphomnist, started from the same seed's ``hvae``
-checkpoint and run for that experiment's epochs; its row states the extra wall time. The oracle (the dataset's true SCM) is scored as the floor.
+checkpoint and run for that experiment's epochs; its row states the extra wall time. The oracle
+(the dataset's true SCM) is scored as the floor.
 Writes ``benchmarks/results/<machine>-<date>.md`` and ``.json``: one row per model with composition
 (m = 1, 10), reversibility, effectiveness per attribute with the predictors' floor, error against
 the true counterfactual, FID, training images/s, counterfactuals/s and peak memory, the git commit
@@ -42,9 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, counterfactuals_per_second  # noqa: E402
+from common import ROOT, counterfactuals_per_second, run_train  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 import evaluate as evaluate_script  # noqa: E402
 from datamodules import MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
@@ -90,38 +90,6 @@ def config_key(config: dict) -> str:
 
 
 # -- one model -------------------------------------------------------------------------------------
-def run_train(workdir: Path, run: str, seed: int, overrides: list[str]) -> dict:
-    """Run train.py as ``run``; return the checkpoint, wall time, steps and peak RSS."""
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"seed={seed}",
-        f"paths.root_dir={workdir}",
-        f"hydra.run.dir={workdir}/{run}-seed{seed}",
-        "callbacks.progress_bar.refresh_rate=0",
-        *overrides,
-    ]
-    log_path = workdir / f"{run}-seed{seed}.log"
-    start = time.perf_counter()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-        # wait4 gives this child's own peak resident memory (ru_maxrss, KiB on Linux).
-        _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - start
-    output = log_path.read_text()
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"train.py {' '.join(overrides)} failed (log: {log_path}):\n{output[-3000:]}")
-    last = Path(re.search(r"last_ckpt: (\S+)", output).group(1))
-    run_config = OmegaConf.load(workdir / f"{run}-seed{seed}" / ".hydra" / "config.yaml")
-    return {
-        "checkpoint": str(last),
-        "wall_seconds": elapsed,
-        "steps": int(torch.load(last, map_location="cpu", weights_only=True)["global_step"]),
-        "batch_size": int(run_config.data.batch_size),
-        "peak_train_rss_mb": usage.ru_maxrss / 1024,
-    }
-
-
 def train_with_budget(
     workdir: Path, family: str, seed: int, minutes: float, overrides: list[str]
 ) -> dict:
@@ -130,9 +98,14 @@ def train_with_budget(
     budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     trained = run_train(
         workdir,
-        family,
-        seed,
-        [f"model={family}", f"+trainer.max_time={budget}", "trainer.max_epochs=100000", *overrides],
+        [
+            f"model={family}",
+            f"seed={seed}",
+            f"+trainer.max_time={budget}",
+            "trainer.max_epochs=100000",
+            *overrides,
+        ],
+        run=f"{family}-seed{seed}",
     )
     trained["train_images_per_second"] = trained["steps"] * trained["batch_size"] / seconds
     return trained
@@ -145,9 +118,13 @@ def train_stage(
     _, stage_overrides = STAGES[name]
     trained = run_train(
         workdir,
-        name,
-        seed,
-        [*stage_overrides, f"model.cf_finetune.init_ckpt={base_checkpoint}", *overrides],
+        [
+            *stage_overrides,
+            f"seed={seed}",
+            f"model.cf_finetune.init_ckpt={base_checkpoint}",
+            *overrides,
+        ],
+        run=f"{name}-seed{seed}",
     )
     # the stage's own steps over its whole wall time (start-up included)
     trained["train_images_per_second"] = (
