@@ -136,22 +136,26 @@ class Ladder(nn.Module):
         parents: int,
         cond_prior: bool,
         encoder_blocks: int,
+        patch: int = 1,
     ):
         super().__init__()
         self.levels = [(int(r), int(n)) for r, n in levels]
         latent_res = {r for r, _ in self.levels}
-        bad = [
-            r
-            for r in latent_res
-            if r > image_size or image_size % r or (image_size // r) & (image_size // r - 1)
-        ]
+        top = image_size // patch
+        if patch < 1 or patch & (patch - 1) or top * patch != image_size:
+            raise ValueError(f"patch {patch} must be a power of 2 dividing {image_size} px")
+        bad = [r for r in latent_res if r > top or top % r or (top // r) & (top // r - 1)]
         if bad:
-            raise ValueError(f"latent resolutions {bad} must be image_size / 2^k ({image_size} px)")
-        self.resolutions = [
-            image_size // 2**k for k in range(int(math.log2(image_size // min(latent_res))) + 1)
-        ]
+            raise ValueError(
+                f"latent resolutions {bad} must be ({image_size} px / patch {patch}) / 2^k"
+            )
+        self.resolutions = [top // 2**k for k in range(int(math.log2(top // min(latent_res))) + 1)]
         middle = max(8, width // 4)
-        self.stem = nn.Conv2d(channels, width, 3, padding=1)
+        # patch > 1: the ladder runs on patch x patch pixel blocks (space-to-depth), and the head
+        # puts them back. Convolutions at full resolution with few channels dominated the step
+        # time on CPU; the likelihood stays per pixel.
+        self.patch = patch
+        self.stem = nn.Conv2d(channels * patch**2, width, 3, padding=1)
         self.encoder = nn.ModuleDict(
             {
                 str(r): nn.Sequential(
@@ -182,10 +186,10 @@ class Ladder(nn.Module):
                 if counts.get(r, 0) == 0
             }
         )
-        self.head = nn.Conv2d(width, 2 * channels, 3, padding=1)
+        self.head = nn.Conv2d(width, 2 * channels * patch**2, 3, padding=1)
 
     def encode(self, y: Tensor) -> dict[int, Tensor]:
-        acts, h = {}, self.stem(y)
+        acts, h = {}, self.stem(F.pixel_unshuffle(y, self.patch))
         for r in self.resolutions:
             h = self.encoder[str(r)](h)
             acts[r] = h
@@ -213,7 +217,7 @@ class Ladder(nn.Module):
                 h = self.refine[str(r)](h)
             if r != self.resolutions[0]:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
-        mean, log_scale = self.head(h).chunk(2, 1)
+        mean, log_scale = F.pixel_shuffle(self.head(h), self.patch).chunk(2, 1)
         return DiscretizedGaussian(mean, log_scale), outputs
 
 
@@ -227,6 +231,8 @@ class HierarchicalVAE(CounterfactualModel):
         levels: ``[resolution, number of latents]`` pairs, e.g. ``[[4, 2], [8, 2]]``.
         z_channels: channels of each latent.
         encoder_blocks: residual blocks per resolution in the encoder.
+        patch: side of the pixel blocks the ladder works on (1: every pixel; 2: a 32 px image
+            becomes 16 x 16 blocks of 2 x 2, about twice the steps per second on CPU).
         cond_prior: condition the priors on the attributes (the latent mediator).
         beta: weight of the KL term.
         temperature: default posterior temperature in abduction (0: the posterior mean).
@@ -244,10 +250,11 @@ class HierarchicalVAE(CounterfactualModel):
         graph: Mapping[str, Any],
         image_shape: Sequence[int],
         dataset: str = "unknown",
-        width: int = 32,
+        width: int = 64,
         levels: Sequence[Sequence[int]] = ((4, 2), (8, 2)),
-        z_channels: int = 8,
+        z_channels: int = 2,
         encoder_blocks: int = 1,
+        patch: int = 2,
         cond_prior: bool = True,
         beta: float = 1.0,
         temperature: float = 0.0,
@@ -275,7 +282,15 @@ class HierarchicalVAE(CounterfactualModel):
         channels, size, _ = self.image_shape
         self.parents = ParentEncoder(self.graph, self.graph.image_parents)
         self.net = Ladder(
-            channels, size, width, levels, z_channels, self.parents.dim, cond_prior, encoder_blocks
+            channels,
+            size,
+            width,
+            levels,
+            z_channels,
+            self.parents.dim,
+            cond_prior,
+            encoder_blocks,
+            patch,
         )
         self.beta = beta
         self.cf_finetune = dict(cf_finetune) if cf_finetune else None
@@ -319,7 +334,7 @@ class HierarchicalVAE(CounterfactualModel):
         if residual:
             # the residual about the image the abducted noise decodes to under the same attributes
             decoded, _ = net.top_down(self.parents(pa), "predict", noise=noise)
-            out["residual"] = decoded.noise(y)
+            out.update(decoded.noise(y))
         return out
 
     def _decode(self, noise: Mapping[str, Tensor], pa: Mapping[str, Tensor]) -> DiscretizedGaussian:
@@ -334,7 +349,7 @@ class HierarchicalVAE(CounterfactualModel):
         if residual:
             if "residual" not in noise.image:
                 raise ValueError("residual=True needs noise abducted with residual=True")
-            return from_signed(likelihood.sample_from_noise(noise.image["residual"]))
+            return from_signed(likelihood.sample_from_noise(noise.image))
         return from_signed(likelihood.expected)
 
     # -- counterfactual training ----------------------------------------------------------------

@@ -123,7 +123,7 @@ class ConditionalVAE(CounterfactualModel):
         z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
         noise = {"z": z}
         if residual:
-            noise["residual"] = self.decode(z, pa).noise(to_signed(x))
+            noise.update(self.decode(z, pa).noise(to_signed(x)))
         return noise
 
     def predict(
@@ -133,5 +133,5 @@ class ConditionalVAE(CounterfactualModel):
         if residual:
             if "residual" not in noise.image:
                 raise ValueError("residual=True needs noise abducted with residual=True")
-            return from_signed(likelihood.sample_from_noise(noise.image["residual"]))
+            return from_signed(likelihood.sample_from_noise(noise.image))
         return from_signed(likelihood.expected)

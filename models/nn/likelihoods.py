@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -69,12 +70,23 @@ class DiscretizedGaussian:
         """The mean clipped to the pixel range: the noise-free image."""
         return self.mean.clamp(-1.0, 1.0)
 
-    def noise(self, y: Tensor) -> Tensor:
-        """Abduct each pixel's residual about the clipped mean."""
-        return y - self.expected
+    def noise(self, y: Tensor) -> dict[str, Tensor]:
+        """Abduct each pixel's residual about the clipped mean, and the scale it was drawn with."""
+        return {"residual": y - self.expected, "residual_log_scale": self.log_scale}
 
-    def sample_from_noise(self, eps: Tensor) -> Tensor:
-        """The pixel values this distribution gives to residual ``eps``, clipped to [-1, 1]."""
+    def sample_from_noise(self, noise: Mapping[str, Tensor]) -> Tensor:
+        """The pixel values this distribution gives to abducted residuals, clipped to [-1, 1].
+
+        The residual scales by ``min(1, sigma / sigma_abducted)``: the location-scale
+        counterfactual ``mu' + sigma' u``, with its amplification capped at 1 so it never exceeds
+        the additive residual (see the class docstring for why an uncapped one explodes). Where
+        the new image is drawn more confidently than the factual one, e.g. a stroke's old edge
+        that a thicker stroke now covers, the factual residual fades instead of carrying the old
+        edge into the counterfactual. Under the same parameters it gives back ``y`` exactly.
+        """
+        eps = noise["residual"]
+        if "residual_log_scale" in noise:
+            eps = eps * (self.log_scale - noise["residual_log_scale"]).clamp(max=0.0).exp()
         return (self.expected + eps).clamp(-1.0, 1.0)
 
 

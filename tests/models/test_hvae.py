@@ -18,8 +18,9 @@ def tiny(morpho, **kwargs) -> HierarchicalVAE:
     return model
 
 
-def test_abduction_returns_every_level_and_null_prediction_is_exact(morpho, test_batch):
-    model = tiny(morpho).eval()
+@pytest.mark.parametrize("patch", [1, 2])  # every pixel, and 2 x 2 blocks (space-to-depth)
+def test_abduction_returns_every_level_and_null_prediction_is_exact(morpho, test_batch, patch):
+    model = tiny(morpho, patch=patch).eval()
     x, pa = test_batch["x"], test_batch["pa"]
     noise = model.abduct(x, pa, residual=False)
     assert sorted(noise.image) == ["u0", "u1"]

@@ -37,3 +37,21 @@ def test_discretized_gaussian_is_a_distribution_over_256_levels():
     dist = DiscretizedGaussian(torch.zeros(2), torch.full((2,), -2.0))
     y = torch.tensor([0.5, -0.25])
     assert torch.allclose(dist.sample_from_noise(dist.noise(y)), y)
+
+
+def test_pixel_residual_fades_where_the_counterfactual_is_more_confident():
+    factual = DiscretizedGaussian(torch.zeros(3), torch.log(torch.tensor([0.2, 0.2, 0.2])))
+    y = torch.tensor([0.3, -0.3, 0.1])
+    noise = factual.noise(y)  # residuals 0.3, -0.3, 0.1 about the mean 0
+    # the counterfactual halves the scale at pixel 0, keeps it at 1, and doubles it at 2
+    counterfactual = DiscretizedGaussian(
+        torch.full((3,), 0.5), torch.log(torch.tensor([0.1, 0.2, 0.4]))
+    )
+    out = counterfactual.sample_from_noise(noise)
+    # location-scale counterfactual mu' + sigma' u, its amplification capped at 1
+    assert torch.allclose(out, torch.tensor([0.5 + 0.15, 0.5 - 0.3, 0.5 + 0.1]))
+    # noise from before the scale was kept (the residual alone) stays additive
+    assert torch.allclose(
+        counterfactual.sample_from_noise({"residual": noise["residual"]}),
+        torch.tensor([0.8, 0.2, 0.6]),
+    )
