@@ -7,6 +7,8 @@
   ``cond_prior=True``, into the prior: the "latent mediator" through which an intervention on the
   attributes reaches the latents);
 - a discretised Gaussian likelihood over 256 levels (shared with the conditional VAE);
+- optionally, the ladder works on ``patch x patch`` pixel blocks (space-to-depth in, depth-to-space
+  out): the CPU default's 2 x 2 blocks halve the step time, and the likelihood stays per pixel;
 - EMA weights used outside training, and skipping of updates whose gradient norm explodes.
 
 Exogenous noise (abduction), per level: ``u_l = (z_l - mu_p,l) / sigma_p,l``, the posterior latent

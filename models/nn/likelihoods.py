@@ -27,11 +27,13 @@ class DiscretizedGaussian:
     images, so its negative log-likelihood in nats converts to bits per dimension.
 
     Its exogenous noise is each pixel's residual about the clipped mean,
-    ``eps = y - clip(mu, -1, 1)``: :meth:`sample_from_noise` with that ``eps`` under the same
-    parameters gives back ``y`` exactly. Why not the standardised residual ``(y - mu) / sigma``:
-    the edge bins take the tails, so a decoder pushes the background's ``mu`` far below -1 with a
-    small ``sigma``; a standardised residual there is huge and explodes as soon as an intervention
-    moves ``mu`` or ``sigma``. About the clipped mean, the background's residual is exactly 0.
+    ``eps = y - clip(mu, -1, 1)``, together with the scale ``sigma`` it was abducted under; under
+    new parameters :meth:`sample_from_noise` gives ``clip(mu') + eps * min(1, sigma' / sigma)``,
+    and under the same parameters ``y`` exactly. Why not the plain standardised residual
+    ``(y - mu) / sigma``: the edge bins take the tails, so a decoder pushes the background's ``mu``
+    far below -1 with a small ``sigma``; a standardised residual there is huge and explodes as soon
+    as an intervention moves ``mu`` or ``sigma``. About the clipped mean, the background's residual
+    is exactly 0, and the cap keeps every residual within the additive one.
 
     Args:
         mean: ``(B, C, H, W)`` in [-1, 1].
