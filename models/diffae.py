@@ -178,7 +178,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         p_uncond: float = 0.1,
         steps: int = 20,
         guidance_scale: float = 1.0,
-        inversion_iters: int = 1,
+        inversion_iters: int = 2,
         compile: bool = False,
         scm: Mapping[str, Any] | None = None,
         scm_weight: float = 1.0,
