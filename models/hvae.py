@@ -347,12 +347,7 @@ class HierarchicalVAE(CounterfactualModel):
     def predict(
         self, noise: Exogenous, pa: Mapping[str, Tensor], temperature: float, residual: bool
     ) -> Tensor:
-        likelihood = self._decode(noise.image, pa)
-        if residual:
-            if "residual" not in noise.image:
-                raise ValueError("residual=True needs noise abducted with residual=True")
-            return from_signed(likelihood.sample_from_noise(noise.image))
-        return from_signed(likelihood.expected)
+        return self._decode(noise.image, pa).image(noise.image, residual)
 
     # -- counterfactual training ----------------------------------------------------------------
     def setup(self, stage: str) -> None:

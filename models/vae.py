@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from models.base import CounterfactualModel, Exogenous
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvDecoder, ConvEncoder
-from models.nn.likelihoods import DiscretizedGaussian, from_signed, to_signed
+from models.nn.likelihoods import DiscretizedGaussian, to_signed
 
 __all__ = ["ConditionalVAE"]
 
@@ -131,9 +131,4 @@ class ConditionalVAE(CounterfactualModel):
     def predict(
         self, noise: Exogenous, pa: Mapping[str, Tensor], temperature: float, residual: bool
     ) -> Tensor:
-        likelihood = self.decode(noise.image["z"], pa)
-        if residual:
-            if "residual" not in noise.image:
-                raise ValueError("residual=True needs noise abducted with residual=True")
-            return from_signed(likelihood.sample_from_noise(noise.image))
-        return from_signed(likelihood.expected)
+        return self.decode(noise.image["z"], pa).image(noise.image, residual)

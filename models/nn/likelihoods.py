@@ -91,6 +91,17 @@ class DiscretizedGaussian:
             eps = eps * (self.log_scale - noise["residual_log_scale"]).clamp(max=0.0).exp()
         return (self.expected + eps).clamp(-1.0, 1.0)
 
+    def image(self, noise: Mapping[str, Tensor], residual: bool) -> Tensor:
+        """The predicted image on [0, 1]: the clipped mean, plus the abducted residual if asked.
+
+        The prediction step of every mechanism whose image noise is this likelihood's residual.
+        """
+        if not residual:
+            return from_signed(self.expected)
+        if "residual" not in noise:
+            raise ValueError("residual=True needs noise abducted with residual=True")
+        return from_signed(self.sample_from_noise(noise))
+
 
 def _std_normal_cdf(x: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
