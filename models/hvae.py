@@ -235,7 +235,9 @@ class HierarchicalVAE(CounterfactualModel):
         encoder_blocks: residual blocks per resolution in the encoder.
         patch: side of the pixel blocks the ladder works on (1: every pixel; 2: a 32 px image
             becomes 16 x 16 blocks of 2 x 2, about twice the steps per second on CPU).
-        cond_prior: condition the priors on the attributes (the latent mediator).
+        cond_prior: condition the priors on the attributes (the latent mediator). Off by default:
+            such a prior lets the latents hold the attributes at little KL cost, and abduction
+            then carries the factual values into the counterfactual (see ``configs/model/hvae.yaml``).
         beta: weight of the KL term.
         temperature: default posterior temperature in abduction (0: the posterior mean).
         residual: default for keeping the pixel residual as noise.
@@ -257,7 +259,7 @@ class HierarchicalVAE(CounterfactualModel):
         z_channels: int = 2,
         encoder_blocks: int = 1,
         patch: int = 2,
-        cond_prior: bool = True,
+        cond_prior: bool = False,
         beta: float = 1.0,
         temperature: float = 0.0,
         residual: bool = True,

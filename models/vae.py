@@ -6,11 +6,12 @@ likelihood on 256 levels. The image's exogenous noise is:
 - ``z``: the posterior latent, ``mu_q + temperature * sigma_q * eps`` (``temperature=0``: the
   posterior mean, deterministic);
 - ``residual`` (option ``residual=True``, the default): each pixel's residual about the decoder's
-  (clipped) mean, ``eps_x = x - mu_x(z, pa)``, and the decoder's scale ``sigma_x``. Prediction
-  decodes ``z`` under the new attributes and adds ``eps_x * min(1, sigma_x' / sigma_x)`` (see
+  (clipped) mean, ``eps_x = x - mu_x(z, pa)``, with that mean and the decoder's scale
+  ``sigma_x``. Prediction decodes ``z`` under the new attributes and adds ``eps_x`` faded by
+  ``min(1, sigma_x' / sigma_x)`` and by how far the mean moved (see
   :class:`~models.nn.likelihoods.DiscretizedGaussian`), so the null intervention reproduces the
   input up to float error, the counterfactual keeps the details the latent can't hold, and a
-  residual fades where the new image is drawn more surely (a stroke edge that moved). With
+  residual fades where the intervention redraws the pixel (a stroke edge that moved). With
   ``residual=False`` prediction returns the decoder mean.
 
 Both options apply the same way in abduction and prediction: ``z`` and ``eps_x`` are abducted once

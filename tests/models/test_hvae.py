@@ -19,8 +19,11 @@ def tiny(morpho, **kwargs) -> HierarchicalVAE:
 
 
 @pytest.mark.parametrize("patch", [1, 2])  # every pixel, and 2 x 2 blocks (space-to-depth)
-def test_abduction_returns_every_level_and_null_prediction_is_exact(morpho, test_batch, patch):
-    model = tiny(morpho, patch=patch).eval()
+@pytest.mark.parametrize("cond_prior", [False, True])  # the default, and the latent mediator
+def test_abduction_returns_every_level_and_null_prediction_is_exact(
+    morpho, test_batch, patch, cond_prior
+):
+    model = tiny(morpho, patch=patch, cond_prior=cond_prior).eval()
     x, pa = test_batch["x"], test_batch["pa"]
     noise = model.abduct(x, pa, residual=False)
     assert sorted(noise.image) == ["u0", "u1"]

@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from models.nn.likelihoods import DiscretizedGaussian
@@ -41,17 +43,22 @@ def test_discretized_gaussian_is_a_distribution_over_256_levels():
 
 def test_pixel_residual_fades_where_the_counterfactual_is_more_confident():
     factual = DiscretizedGaussian(torch.zeros(3), torch.log(torch.tensor([0.2, 0.2, 0.2])))
-    y = torch.tensor([0.3, -0.3, 0.1])
-    noise = factual.noise(y)  # residuals 0.3, -0.3, 0.1 about the mean 0
-    # the counterfactual halves the scale at pixel 0, keeps it at 1, and doubles it at 2
-    counterfactual = DiscretizedGaussian(
-        torch.full((3,), 0.5), torch.log(torch.tensor([0.1, 0.2, 0.4]))
-    )
-    out = counterfactual.sample_from_noise(noise)
+    y = torch.tensor([0.3, -0.3, -0.1])
+    noise = factual.noise(y)  # residuals 0.3, -0.3, -0.1 about the mean 0
+    assert torch.equal(factual.sample_from_noise(noise), y)  # the null intervention
+    # same mean; the counterfactual halves the scale at pixel 0, keeps it at 1, doubles it at 2:
     # location-scale counterfactual mu' + sigma' u, its amplification capped at 1
-    assert torch.allclose(out, torch.tensor([0.5 + 0.15, 0.5 - 0.3, 0.5 + 0.1]))
-    # noise from before the scale was kept (the residual alone) stays additive
+    rescaled = DiscretizedGaussian(torch.zeros(3), torch.log(torch.tensor([0.1, 0.2, 0.4])))
+    assert torch.allclose(rescaled.sample_from_noise(noise), torch.tensor([0.15, -0.3, -0.1]))
+    # same scale; the clipped mean moves by 0, 0.5 and 1 (2.0 clips to 1): the residual keeps
+    # exp(-shift^2 / (16 * (0.2^2 + 0.2^2))) of itself
+    moved = DiscretizedGaussian(torch.tensor([0.0, 0.5, 2.0]), torch.full((3,), math.log(0.2)))
+    kept = torch.exp(-torch.tensor([0.0, 0.25, 1.0]) / (16 * 0.08))
+    expected = torch.tensor([0.0, 0.5, 1.0]) + noise["residual"] * kept
+    assert torch.allclose(moved.sample_from_noise(noise), expected)
+    assert 0.45 < kept[2] < 0.46  # a whole-range move keeps under half the residual
+    # noise from before either factor (the residual alone) stays additive
     assert torch.allclose(
-        counterfactual.sample_from_noise({"residual": noise["residual"]}),
-        torch.tensor([0.8, 0.2, 0.6]),
+        moved.sample_from_noise({"residual": noise["residual"]}),
+        torch.tensor([0.3, 0.2, 0.9]),
     )
