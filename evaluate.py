@@ -77,6 +77,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup()
+    test_images = cfg.get("test_images")
+    if test_images is not None and (not isinstance(test_images, int) or test_images < 1):
+        raise ValueError(
+            f"test_images must be a positive number of test images (or null for all), "
+            f"got {test_images!r}"
+        )
     model = build_model(cfg, datamodule).to(device)
     settings = SuiteSettings(
         interventions=list(cfg.interventions),
@@ -98,6 +104,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **predictor_cfg,
     )
     predictor = predictor.to(device)
+    if test_images is not None:
+        # The first N test images: slow models (DDIM sampling) get the full suite at a lower
+        # cost. Only now: training the predictor re-runs the datamodule's setup.
+        datamodule.test_set = datamodule.test_set.first(test_images)
     realism = Realism(
         predictor,
         datamodule.image_shape,

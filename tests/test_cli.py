@@ -231,9 +231,15 @@ def test_evaluate_oracle_from_config(data_dir, tmp_path):
 
     report = evaluate_script.evaluate(
         compose_evaluate(
-            data_dir, tmp_path, "model=oracle", "seeds=[0]", "interventions=[intensity,digit]"
+            data_dir,
+            tmp_path,
+            "model=oracle",
+            "seeds=[0]",
+            "interventions=[intensity,digit]",
+            "test_images=16",
         )
     )
+    assert report["num_test"] == 16  # the first 16 test images only
     assert report["interventions"]["intensity"]["truth/l1"]["mean"] < 0.05
     assert report["interventions"]["digit"] is None
 
@@ -258,6 +264,12 @@ def test_evaluate_errors(trained, data_dir, tmp_path):
     other = save_checkpoint(model, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="trained on 'pendulum'.*data=pendulum"):
         evaluate_script.evaluate(compose_evaluate(data_dir, tmp_path, f"ckpt_path={other}"))
+    with pytest.raises(ValueError, match="test_images must be a positive number"):
+        evaluate_script.evaluate(
+            compose_evaluate(
+                data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "test_images=0"
+            )
+        )
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate_script.evaluate(compose_evaluate(data_dir, tmp_path))
 
