@@ -105,9 +105,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     predictor = predictor.to(device)
     if test_images is not None:
-        # The first N test images: slow models (DDIM sampling) get the full suite at a lower
-        # cost. Only now: training the predictor re-runs the datamodule's setup.
-        datamodule.test_set = datamodule.test_set.first(test_images)
+        # N test images, evenly spaced over the split: slow models (DDIM sampling) get the full
+        # suite at a lower cost. Only now: training the predictor re-runs the datamodule's setup.
+        datamodule.test_set = datamodule.test_set.evenly_spaced(test_images)
     realism = Realism(
         predictor,
         datamodule.image_shape,

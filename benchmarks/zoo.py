@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> Path:
         "--test-images",
         type=int,
         default=None,
-        help="score on the first N test images only, and time counterfactuals on at most N "
+        help="score on N test images (evenly spaced), and time counterfactuals on at most N "
         "(slow families: the diffusion autoencoders take hours on all 1,000 on a CPU)",
     )
     parser.add_argument("--no-oracle", action="store_true", help="skip the oracle's row")

@@ -239,7 +239,7 @@ def test_evaluate_oracle_from_config(data_dir, tmp_path):
             "test_images=16",
         )
     )
-    assert report["num_test"] == 16  # the first 16 test images only
+    assert report["num_test"] == 16  # 16 test images only
     assert report["interventions"]["intensity"]["truth/l1"]["mean"] < 0.05
     assert report["interventions"]["digit"] is None
 

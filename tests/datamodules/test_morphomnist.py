@@ -50,6 +50,17 @@ def test_splits_and_batches(morpho):
     assert morpho.graph["intensity"].scale == pytest.approx(48, abs=8)
 
 
+def test_evenly_spaced_test_subset_keeps_every_digit(morpho):
+    # the embedded split is stored in digit order: its first 10 test images hold one or two digits
+    assert len(set(morpho.test_set.batch(range(10))["pa"]["digit"].tolist())) <= 2
+    subset = morpho.test_set.evenly_spaced(10)
+    assert len(subset) == 10 and set(subset.indices.tolist()) <= set(
+        morpho.test_set.indices.tolist()
+    )
+    assert len(set(subset.batch(range(10))["pa"]["digit"].tolist())) >= 8
+    assert len(morpho.test_set.evenly_spaced(10_000)) == len(morpho.test_set)
+
+
 def test_null_intervention_returns_the_factual_images_exactly(morpho):
     batch = next(iter(morpho.test_dataloader()))
     images, attributes = morpho.true_counterfactual(batch["index"], {})
