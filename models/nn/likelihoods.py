@@ -13,7 +13,7 @@ _BINS = 255.0  # 256 levels on [-1, 1]: bin width 2 / 255
 # moves: it halves at a shift of 3.3 combined standard deviations. 4 would be the location term of
 # the Bhattacharyya overlap of the two pixel distributions; on three 3-min VAEs and HVAEs, 4 and
 # 16 both brought thickness MAE towards the decoder alone's, but only 16 also lowered the error
-# against the true counterfactual for both families (README, "Pixel residual").
+# against the true counterfactual for both families (README, notes under the zoo leaderboard).
 _FADE_WIDTH = 16.0
 
 
