@@ -95,15 +95,16 @@ def main() -> None:
         sys.exit(f"{args.ckpt} holds a {type(model).__name__}, not a DiffusionAutoencoder")
     datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
     datamodule.setup()
-    picks = list(range(args.images))
-    batch = datamodule.test_set.batch(picks)
+    # evenly spaced: the embedded test split is sorted by digit, so the first N are one or two digits
+    subset = datamodule.test_set.evenly_spaced(args.images)
+    batch = subset.batch(range(len(subset)))
     iters = args.iters if args.iters is not None else [model.hparams.inversion_iters]
 
     lines = [
         f"Checkpoint: `{args.ckpt}` ({'causal latent' if model.causal_latent else 'semantic latent'}"
         f", guidance scale {model.hparams.guidance_scale}, {torch.get_num_threads()} threads)",
         "",
-        f"L1 on the 0-255 scale, mean over the first {args.images} test images; counterfactuals "
+        f"L1 on the 0-255 scale, mean over {args.images} evenly spaced test images; counterfactuals "
         f"per second for do(thickness + 1) at batch {args.images} (median of {args.repeats}).",
         "",
         "| DDIM steps | inversion refinements | null intervention L1 | L1 vs truth, do(t + 1) "
