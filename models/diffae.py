@@ -59,9 +59,12 @@ recomputed satisfy it; the null intervention changes nothing). An intervened blo
 ``counterfactual`` returns come from the attribute SCM, so for a recomputed descendant the image
 follows the block mechanism, which agrees with the SCM only as far as both were learned well.
 
-Caveat (both modes): nothing but the bottleneck keeps the semantic latent from also encoding the
-attributes, and what it encodes of them resists an intervention; measure effectiveness (and try
-``guidance_scale > 1``) rather than assume it.
+Semantic bottleneck (``semantic_kl > 0``, both modes). A deterministic encoder sees the whole
+image, so its latent also encodes the attributes, and what it encodes of them resists an
+intervention. With the bottleneck the semantic part is a Gaussian posterior with a KL penalty to
+``N(0, I)`` (as in a VAE): the UNet gets the attributes for free, so holding them in the latent
+only costs KL. Abduction takes the posterior mean, so it stays deterministic. Measure
+effectiveness (and try ``guidance_scale > 1``) rather than assume it.
 
 Example:
     >>> model = DiffusionAutoencoder(graph=dm.graph.to_dict(), image_shape=(1, 32, 32))
@@ -103,12 +106,17 @@ class DiffAENetworks(nn.Module):
         attribute_dim: int,
         latent_scm: LatentSCM | None,
         unet: Mapping[str, Any],
+        variational: bool = False,
     ):
         super().__init__()
         channels, size, _ = image_shape
         self.latent_scm = latent_scm
         extra = latent_scm.dim if latent_scm is not None else 0
-        self.encoder = ConvEncoder(channels, encoder_widths, size, latent_dim + extra)
+        # variational: the encoder also gives the semantic part's log-sd (its last outputs)
+        self.latent_size = latent_dim + extra
+        self.encoder = ConvEncoder(
+            channels, encoder_widths, size, self.latent_size + (latent_dim if variational else 0)
+        )
         self.unet = UNet2DModel(
             sample_size=size,
             in_channels=channels,
@@ -149,6 +157,10 @@ class DiffusionAutoencoder(CounterfactualModel):
         scheduler: noise-schedule options (see :func:`models.nn.diffusion.build_schedulers`);
             default 1000 linear levels.
         p_uncond: probability of dropping the attributes in training (classifier-free guidance).
+        semantic_kl: weight of the semantic bottleneck (0: off, a deterministic encoder). When
+            positive, the semantic part (causal mode: the style block) is a Gaussian posterior
+            that training samples and pays ``semantic_kl * KL(q(z | x) || N(0, I))`` for (nats
+            per image, added to the per-pixel noise MSE); abduction takes its mean.
         steps: default DDIM steps at counterfactual time.
         guidance_scale: default guidance scale (1: no guidance).
         inversion_iters: default fixed-point refinements per inversion step.
@@ -176,6 +188,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         block_weight: float = 1.0,
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
+        semantic_kl: float = 0.0,
         steps: int = 20,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
@@ -201,6 +214,10 @@ class DiffusionAutoencoder(CounterfactualModel):
         self.save_hyperparameters()
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
+        if semantic_kl < 0:
+            raise ValueError(
+                f"semantic_kl must be >= 0 (0: a deterministic encoder), got {semantic_kl}"
+            )
         channels = tuple(int(c) for c in channels)
         attention = tuple(bool(a) for a in attention) if attention else (False,) * len(channels)
         if len(attention) != len(channels):
@@ -230,8 +247,15 @@ class DiffusionAutoencoder(CounterfactualModel):
             dropout=dropout,
         )
         self.net = DiffAENetworks(
-            self.image_shape, encoder_widths, latent_dim, attribute_dim, latent_scm, unet
+            self.image_shape,
+            encoder_widths,
+            latent_dim,
+            attribute_dim,
+            latent_scm,
+            unet,
+            variational=semantic_kl > 0,
         )
+        self.semantic_kl = semantic_kl
         # Plain objects, not submodules: rebuilt from the hyperparameters on load.
         self.train_scheduler, self.sampler, self.inverter = build_schedulers(scheduler)
         self.p_uncond = p_uncond
@@ -283,11 +307,28 @@ class DiffusionAutoencoder(CounterfactualModel):
         return model_fn
 
     # -- training ------------------------------------------------------------------------------
+    def _encode(self, net: DiffAENetworks, y: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        """The latent, and (bottleneck on) the KL of its semantic part to ``N(0, I)`` per image.
+
+        The semantic part is the latent's last ``latent_dim`` entries in both modes; ``sample``
+        draws it from the posterior (training), otherwise it is the posterior mean (abduction).
+        """
+        out = net.encoder(y)
+        if not self.semantic_kl:
+            return out, out.new_zeros(len(out))
+        z, log_sd = out[:, : net.latent_size], out[:, net.latent_size :].clamp(-7.0, 2.0)
+        mean = z[:, net.latent_size - net.semantic_dim :]
+        kl = 0.5 * (mean**2 + (2 * log_sd).exp() - 1 - 2 * log_sd).sum(1)
+        if sample:
+            drawn = mean + log_sd.exp() * torch.randn_like(mean)
+            z = torch.cat([z[:, : net.latent_size - net.semantic_dim], drawn], 1)
+        return z, kl
+
     def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         net = self.mechanism
         x, pa = batch["x"], batch["pa"]
         y = to_signed(x)
-        z = net.encoder(y)
+        z, kl = self._encode(net, y, sample=self.training)
         logs: dict[str, Tensor] = {}
         if self.causal_latent:
             blocks, semantic = net.latent_scm.split(z)
@@ -320,6 +361,9 @@ class DiffusionAutoencoder(CounterfactualModel):
         mse = F.mse_loss(output.float(), target)
         logs["mse"] = mse
         loss = mse
+        if self.semantic_kl:
+            logs["semantic_kl"] = kl.mean()
+            loss = loss + self.semantic_kl * kl.mean()
         if self.causal_latent:
             heads = sum(v for k, v in block_losses.items() if k.startswith("head_"))
             fits = sum(v for k, v in block_losses.items() if not k.startswith("head_"))
@@ -346,7 +390,7 @@ class DiffusionAutoencoder(CounterfactualModel):
     ) -> dict[str, Tensor]:
         net = self.mechanism
         y = to_signed(x)
-        z = net.encoder(y)
+        z, _ = self._encode(net, y, sample=False)
         model_fn = self._model_fn(net, *self._context_parts(net, z, pa), guidance_scale)
         x_T = ddim_invert(model_fn, y, self.inverter, steps, inversion_iters)
         noise = {"latent": z, "x_T": x_T}

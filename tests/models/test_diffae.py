@@ -128,6 +128,35 @@ def test_the_steps_option_passes_through_the_soundness_metrics(trained, test_bat
     assert curve.shape == (2, 4)
 
 
+@pytest.mark.parametrize("causal_latent", [False, True])
+def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
+    morpho, test_batch, causal_latent
+):
+    model = build(morpho, semantic_kl=0.01, causal_latent=causal_latent)
+    net, x, pa = model.mechanism, test_batch["x"], test_batch["pa"]
+    y = x * 2 - 1
+    outputs = net.encoder(y)
+    size, semantic = net.latent_size, net.semantic_dim
+    assert outputs.shape == (len(x), size + semantic)  # latent, then the semantic log-sd
+    mean, kl = model._encode(net, y, sample=False)
+    assert torch.equal(mean, outputs[:, :size])
+    log_sd = outputs[:, size:]
+    expected = 0.5 * (mean[:, -semantic:] ** 2 + (2 * log_sd).exp() - 1 - 2 * log_sd).sum(1)
+    torch.testing.assert_close(kl, expected)
+    drawn, _ = model._encode(net, y, sample=True)
+    assert torch.equal(drawn[:, : size - semantic], mean[:, : size - semantic])  # blocks: no noise
+    assert (drawn[:, -semantic:] - mean[:, -semantic:]).abs().min() > 0
+    # abduction takes the mean: deterministic, and its latent is the posterior mean
+    model.eval()
+    noise = model.abduct(x, pa, steps=2)
+    torch.testing.assert_close(noise.image["latent"], mean)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        loss, logs = model.image_loss(test_batch)
+    assert "semantic_kl" in logs and torch.isclose(logs["semantic_kl"], kl.mean())
+    assert loss > logs["mse"]
+
+
 def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
     x, pa = test_batch["x"][:2], {k: v[:2] for k, v in test_batch["pa"].items()}
     with pytest.raises(ValueError, match="steps must be an integer"):
@@ -138,6 +167,8 @@ def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
         build(morpho, scheduler={"clip_sample": True})
     with pytest.raises(ValueError, match="unknown scheduler option"):
         build(morpho, scheduler={"num_steps": 10})
+    with pytest.raises(ValueError, match="semantic_kl must be >= 0"):
+        build(morpho, semantic_kl=-1.0)
 
 
 def test_causal_blocks_follow_the_graph(causal, test_batch):
