@@ -399,9 +399,12 @@ class HierarchicalVAE(CounterfactualModel):
             target = self.scm.act(pa, {name: pa[name][torch.randperm(len(x), device=x.device)]})
         judge = judge.to(x.device)
         net = self.net
-        noise = net.top_down(
-            self.parents(pa), "abduct", acts=net.encode(to_signed(x)), temperature=0.0
-        )[1]
+        # Abduction is inference, trained by the ELBO alone: letting the judge's loss reach the
+        # encoder would bend the posterior towards whatever latents fool the judge.
+        with torch.no_grad():
+            noise = net.top_down(
+                self.parents(pa), "abduct", acts=net.encode(to_signed(x)), temperature=0.0
+            )[1]
         counterfactual, _ = net.top_down(self.parents(target), "predict", noise=noise)
         raw = judge._raw(from_signed(counterfactual.expected))
         cf_losses = []

@@ -117,6 +117,23 @@ def test_counterfactual_training_improves_the_predictor_loss(morpho, tiny_predic
     assert not any(k.startswith("_judge") for k in reloaded.state_dict())
 
 
+def test_the_judges_loss_trains_the_decoder_not_the_encoder(morpho, tiny_predictor):
+    torch.manual_seed(0)
+    model = tiny(morpho)
+    model.counterfactual_loss(next(iter(morpho.train_dataloader())), tiny_predictor).backward()
+    net = model.net
+    encoder = [net.stem, net.encoder, *(level.posterior for level in _levels(net))]
+    decoder = [net.head, *(level.merge for level in _levels(net))]
+    assert all(p.grad is None for part in encoder for p in part.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for part in decoder for p in part.parameters()
+    )
+
+
+def _levels(net):
+    return [level for levels in net.decoder.values() for level in levels]
+
+
 def test_cf_training_needs_a_pretrained_model(morpho):
     model = tiny(morpho, cf_finetune={"init_ckpt": None})
     trainer = quiet_trainer(max_steps=1)
