@@ -85,6 +85,11 @@ def machine_name() -> str:
     return f"cpu{os.cpu_count()}-{platform.machine()}"
 
 
+def iso_date(text: str) -> str:
+    """``YYYY-MM-DD``, checked (argparse reports a ValueError as an invalid value)."""
+    return datetime.date.fromisoformat(text).isoformat()
+
+
 def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -235,8 +240,8 @@ def markdown(results: dict, settings: dict) -> str:
     lines += [
         "",
         f"Each model trained for {settings['minutes']:g} min of wall time per seed on embedded "
-        f"Morpho-MNIST ({settings['seeds']} training seed(s); mean ± std over seeds when more than "
-        "one), then scored by evaluate.py on the test split. Pixel errors are on the 0-255 scale; "
+        "Morpho-MNIST (mean ± std over the training seeds listed below, when more than one), then "
+        "scored by evaluate.py on the test split. Pixel errors are on the 0-255 scale; "
         "effectiveness is the predictors' MAE (continuous) or accuracy (digit) on the "
         "counterfactual against its intended attributes. Predictors' floor on real test images: "
         + ", ".join(
@@ -250,13 +255,19 @@ def markdown(results: dict, settings: dict) -> str:
             if stage in models
         ),
         "",
-        "| model | commit | config |",
-        "|---|---|---|",
+        "| model | seeds | commit | config |",
+        "|---|---|---|---|",
     ]
     for name in names:
-        row = models[name]["rows"][0]
-        commit = row["commit"][:12] + ("-dirty" if row["commit"].endswith("-dirty") else "")
-        lines.append(f"| {name} | `{commit}` | `{' '.join(row['config']['train'])}` |")
+        rows = models[name]["rows"]
+        # rows may span commits (a table extended later from a worktree of the same commit or not)
+        commits = dict.fromkeys(
+            r["commit"][:12] + ("-dirty" if r["commit"].endswith("-dirty") else "") for r in rows
+        )
+        lines.append(
+            f"| {name} | {len(rows)} | {', '.join(f'`{c}`' for c in commits)} "
+            f"| `{' '.join(rows[0]['config']['train'])}` |"
+        )
     if results.get("scaling"):
         lines += ["", scaling_markdown(results["scaling"])]
     return "\n".join(lines) + "\n"
@@ -413,6 +424,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--machine", default=machine_name(), help="names the results file")
     parser.add_argument(
+        "--date",
+        default=datetime.date.today().isoformat(),
+        type=iso_date,
+        help="names the results file too (default: today): extend or re-render an earlier day's",
+    )
+    parser.add_argument(
         "--train-override", action="append", default=[], help="extra train.py override"
     )
     parser.add_argument(
@@ -434,7 +451,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     args = parser.parse_args(argv)
 
-    date = datetime.date.today().isoformat()
+    date = args.date
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{args.machine}-{date}"

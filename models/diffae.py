@@ -188,7 +188,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         block_weight: float = 1.0,
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
-        semantic_kl: float = 0.0,
+        semantic_kl: float = 1e-2,
         steps: int = 20,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,

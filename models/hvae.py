@@ -391,6 +391,7 @@ class HierarchicalVAE(CounterfactualModel):
         the (frozen) attribute SCM. The counterfactual is the decoder mean under the new
         attributes from the abducted posterior means (no pixel residual, which would carry the
         factual pixels). Every attribute is scored, so preserving the non-intervened ones counts.
+        Only the decoder learns from this loss: abduction runs without gradients.
         """
         x, pa = batch["x"], batch["pa"]
         # one attribute per step, its values drawn from the batch's marginal

@@ -88,6 +88,11 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     zoo.main(argv)
     out = capsys.readouterr().out
     assert out.count("already measured") == 5
+    # --date names the file to extend or re-render (a run that crosses midnight, a later render)
+    day = results_date(markdown_path)
+    assert zoo.main([*argv, "--render-only", "--date", day]) == markdown_path
+    with pytest.raises(SystemExit):
+        zoo.main([*argv, "--render-only", "--date", "2026-13-01"])
 
 
 def test_a_second_stage_needs_its_base_model(data_dir, tmp_path):
