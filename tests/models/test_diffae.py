@@ -157,6 +157,16 @@ def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
     assert loss > logs["mse"]
 
 
+def test_checkpoints_from_before_the_bottleneck_load_without_it(morpho, tmp_path):
+    path = save_checkpoint(build(morpho), tmp_path / "old.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["semantic_kl"]  # as written before the option existed
+    torch.save(checkpoint, path)
+    assert load_model(path).semantic_kl == 0.0
+    bottleneck = load_model(save_checkpoint(build(morpho, semantic_kl=0.01), tmp_path / "new.ckpt"))
+    assert bottleneck.semantic_kl == 0.01
+
+
 def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
     x, pa = test_batch["x"][:2], {k: v[:2] for k, v in test_batch["pa"].items()}
     with pytest.raises(ValueError, match="steps must be an integer"):
