@@ -85,6 +85,7 @@ from models.base import CounterfactualModel, Exogenous
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvEncoder
 from models.nn.diffusion import build_schedulers, ddim_invert, ddim_sample
+from models.nn.gaussian import LOG_SD_RANGE, standard_normal_kl
 from models.nn.latent_scm import LatentSCM, mlp
 from models.nn.likelihoods import from_signed, to_signed
 
@@ -318,9 +319,9 @@ class DiffusionAutoencoder(CounterfactualModel):
         out = net.encoder(y)
         if not self.semantic_kl:
             return out, out.new_zeros(len(out))
-        z, log_sd = out[:, : net.latent_size], out[:, net.latent_size :].clamp(-7.0, 2.0)
+        z, log_sd = out[:, : net.latent_size], out[:, net.latent_size :].clamp(*LOG_SD_RANGE)
         mean = z[:, net.latent_size - net.semantic_dim :]
-        kl = 0.5 * (mean**2 + (2 * log_sd).exp() - 1 - 2 * log_sd).sum(1)
+        kl = standard_normal_kl(mean, log_sd)
         if sample:
             drawn = mean + log_sd.exp() * torch.randn_like(mean)
             z = torch.cat([z[:, : net.latent_size - net.semantic_dim], drawn], 1)

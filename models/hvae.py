@@ -39,12 +39,12 @@ from torch import Tensor, nn
 from models.base import CounterfactualModel, Exogenous, read_checkpoint
 from models.nn.blocks import Bottleneck
 from models.nn.conditioning import ParentEncoder
+from models.nn.gaussian import LOG_SD_RANGE
 from models.nn.likelihoods import DiscretizedGaussian, from_signed, to_signed
 
 __all__ = ["HierarchicalVAE"]
 
 log = logging.getLogger(__name__)
-_LOG_SD_RANGE = (-7.0, 2.0)
 
 
 def _parent_map(pa_vector: Tensor, like: Tensor) -> Tensor:
@@ -81,11 +81,11 @@ class LatentLevel(nn.Module):
         mean, log_sd, update = out.split(
             [self.z_channels, self.z_channels, out.shape[1] - 2 * self.z_channels], 1
         )
-        return mean, log_sd.clamp(*_LOG_SD_RANGE), update
+        return mean, log_sd.clamp(*LOG_SD_RANGE), update
 
     def posterior_of(self, h: Tensor, act: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_sd = self.posterior(torch.cat([h, act, pa_map], 1)).chunk(2, 1)
-        return mean, log_sd.clamp(*_LOG_SD_RANGE)
+        return mean, log_sd.clamp(*LOG_SD_RANGE)
 
     def forward(
         self,

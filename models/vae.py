@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from models.base import CounterfactualModel, Exogenous
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvDecoder, ConvEncoder
+from models.nn.gaussian import standard_normal_kl
 from models.nn.likelihoods import DiscretizedGaussian, to_signed
 
 __all__ = ["ConditionalVAE"]
@@ -111,7 +112,7 @@ class ConditionalVAE(CounterfactualModel):
         mean, log_sd = self.encode(x, pa)
         z = mean + log_sd.exp() * torch.randn_like(mean)
         nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
-        kl = 0.5 * (mean**2 + (2 * log_sd).exp() - 1 - 2 * log_sd).sum(1)
+        kl = standard_normal_kl(mean, log_sd)
         dims = x[0].numel()
         # Per-dimension units keep the learning rate independent of the image size.
         loss = (nll + self.beta * kl).mean() / dims
