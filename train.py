@@ -52,6 +52,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dataset=datamodule.name,
         _convert_="all",
     )
+    if getattr(model, "finetuning", None) is not None:
+        # The judge of fine-tuning is the dataset's "finetune" judge; evaluate.py scores with
+        # another one, trained apart (a judge that trains a model never scores it).
+        from metrics.judges import load_or_train_predictor
+
+        judge, source = load_or_train_predictor(
+            datamodule, role="finetune", ckpt_path=model.finetuning.judge_ckpt
+        )
+        model.attach_judge(judge, source)
+        datamodule.setup("fit")
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(

@@ -1,6 +1,13 @@
 """cfzoo models: causal image mechanisms behind one abduction-action-prediction interface."""
 
-from models.base import Counterfactual, CounterfactualModel, Exogenous
+from models.base import (
+    Counterfactual,
+    CounterfactualModel,
+    Exogenous,
+    FineTuning,
+    ImageMechanism,
+    counterfactual,
+)
 from models.loading import MODELS, load_model
 from models.scm import AttributeSCM
 
@@ -10,5 +17,8 @@ __all__ = [
     "Counterfactual",
     "CounterfactualModel",
     "Exogenous",
+    "FineTuning",
+    "ImageMechanism",
+    "counterfactual",
     "load_model",
 ]

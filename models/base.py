@@ -1,42 +1,65 @@
 """The counterfactual interface every model family implements: abduct, act, predict.
 
-A family subclasses :class:`CounterfactualModel` and implements three methods:
+Two layers, kept apart:
 
-- ``image_loss(batch) -> (loss, logs)``: its training objective;
-- ``abduct_image(x, pa, **options) -> dict``: the exogenous noise of the image;
-- ``predict(noise, pa, **options) -> images``: the image from that noise and (new) attributes.
-
-Everything else (input checks, the attribute SCM and its joint training, interventions, options
-with defaults from the hyperparameters, the optimiser, checkpoint tagging) lives here once.
+- an image **mechanism** (:class:`ImageMechanism`, a plain ``nn.Module``, one per family) holds
+  the networks and implements ``abduct(x, pa) -> noise`` (a typed dataclass per family),
+  ``predict(noise, pa, intervened) -> images`` and its training objective ``loss(x, pa)``; it
+  needs no Lightning or Hydra;
+- :func:`counterfactual` is the one implementation of the three steps (abduction, action through
+  the attribute SCM, prediction) for every family and every caller. It is differentiable:
+  counterfactual fine-tuning calls it with gradients; :meth:`CounterfactualModel.counterfactual`
+  wraps it in ``inference_mode``;
+- :class:`CounterfactualModel` (a LightningModule) wraps a mechanism and the attribute SCM for
+  training (the mechanism's own objective, or counterfactual fine-tuning against a judge, after
+  Ribeiro et al., ICML 2023, for every family), checkpointing and loading.
 
 Example:
     >>> model = models.load_model("outputs/.../checkpoints/last.ckpt")
     >>> cf = model.counterfactual(batch["x"], batch["pa"], {"thickness": lambda t: t + 1})
     >>> cf.image, cf.parents["intensity"]  # intensity follows thickness through the SCM
+    >>> cf = counterfactual(model.mechanism, model.scm, x, pa, do)  # the same, differentiable
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from datamodules import ANALYTIC_MECHANISMS
 from datamodules.base import CausalGraph, Intervention
 from models.scm import AttributeSCM
 
-__all__ = ["Counterfactual", "CounterfactualModel", "Exogenous", "read_checkpoint"]
+__all__ = [
+    "Counterfactual",
+    "CounterfactualModel",
+    "Exogenous",
+    "FineTuning",
+    "ImageMechanism",
+    "counterfactual",
+    "read_checkpoint",
+]
+
+log = logging.getLogger(__name__)
 
 #: Key under which a checkpoint records its model class, for ``models.load_model``.
 CHECKPOINT_CLASS_KEY = "cfzoo_model"
+#: Key of the checkpoint layout: 2 since the LightningModules wrap mechanisms (``net.*``).
+CHECKPOINT_FORMAT_KEY = "cfzoo_format"
+CHECKPOINT_FORMAT = 2
+#: Key of the judge a fine-tuned model was trained against (its source), so none scores it.
+TRAINED_AGAINST_KEY = "cfzoo_trained_against"
 
 
 @dataclass
@@ -44,11 +67,11 @@ class Exogenous:
     """The exogenous noise behind observed images and attributes.
 
     Attributes:
-        image: the image mechanism's noise, named per family (e.g. ``{"z": ..., "residual": ...}``).
+        image: the image mechanism's noise, a dataclass of its family (e.g. ``VAENoise``).
         attributes: each attribute's noise under the attribute SCM.
     """
 
-    image: dict[str, Tensor]
+    image: Any
     attributes: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -74,8 +97,165 @@ class Counterfactual:
     do: dict[str, Tensor]
 
 
+class ImageMechanism(nn.Module):
+    """Base of every family's image mechanism: a plain module, usable without Lightning.
+
+    A family implements:
+
+    - ``abduct(x, pa, **options) -> noise``: the image's exogenous noise, a dataclass;
+    - ``predict(noise, pa, intervened, **options) -> images``: the images in [0, 1] that the
+      noise gives under attributes ``pa``; ``intervened`` names the attributes set by ``do``
+      (the others in ``pa`` are factual or recomputed by the attribute SCM);
+    - ``loss(x, pa) -> (loss, logs)``: its training objective, per dimension.
+
+    Args:
+        **option_defaults: the family's counterfactual-time options and their defaults.
+    """
+
+    #: The oracle identifies samples by their dataset ids, handed to ``abduct`` as ``sample_ids``.
+    uses_sample_ids: bool = False
+
+    def __init__(self, **option_defaults: Any):
+        super().__init__()
+        self.option_defaults = dict(option_defaults)
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option, from ``options`` or its default; unknown names are an error."""
+        unknown = set(options) - set(self.option_defaults)
+        if unknown:
+            accepted = ", ".join(self.option_defaults) or "none"
+            raise ValueError(
+                f"{type(self).__name__} has no counterfactual option(s) {sorted(unknown)}; "
+                f"it accepts: {accepted}"
+            )
+        return {name: options.get(name, default) for name, default in self.option_defaults.items()}
+
+    def abduct(self, x: Tensor, pa: Mapping[str, Tensor], **options: Any) -> Any:
+        raise NotImplementedError
+
+    def predict(
+        self, noise: Any, pa: Mapping[str, Tensor], intervened: frozenset[str], **options: Any
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+
+def counterfactual(
+    mechanism: ImageMechanism,
+    scm: AttributeSCM,
+    x: Tensor,
+    pa: Mapping[str, Tensor],
+    do: Mapping[str, Intervention],
+    *,
+    sample_ids: Tensor | None = None,
+    **options: Any,
+) -> Counterfactual:
+    """Abduction, action and prediction: the one implementation of the three steps.
+
+    Differentiable in the prediction step. Abduction runs without gradients: it is inference,
+    trained by the mechanism's own objective only (letting a judge's loss reach the encoder would
+    bend the posterior towards whatever noise fools the judge; for a flow, no gradient passes
+    through its forward pass). The attribute SCM runs as it is (freeze it to keep it fixed).
+
+    Args:
+        mechanism: a family's image mechanism.
+        scm: the attribute SCM.
+        x: ``(B, C, H, W)`` images in [0, 1], on the mechanism's device.
+        pa: their attributes, ``(B,)`` tensors in natural units.
+        do: name -> value per sample (tensor), scalar, or function of the factual value.
+        sample_ids: the samples' dataset ids, for mechanisms that identify samples by them (the
+            oracle); ignored by the others.
+        **options: the mechanism's counterfactual-time options.
+    """
+    options = mechanism.resolve_options(options)
+    resolved = scm.graph.resolve(pa, do)
+    extra = {"sample_ids": sample_ids} if mechanism.uses_sample_ids else {}
+    with torch.no_grad():
+        image_noise = mechanism.abduct(x, pa, **extra, **options)
+    # The attributes' noise is abducted lazily by act(): only the recomputed descendants need it.
+    noise = Exogenous(image=image_noise, attributes={})
+    parents = scm.act(pa, resolved, noise.attributes)
+    image = mechanism.predict(image_noise, parents, frozenset(resolved), **options)
+    return Counterfactual(
+        image=image,
+        parents=parents,
+        factual_image=x,
+        factual_parents=dict(pa),
+        noise=noise,
+        do=resolved,
+    )
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Settings of counterfactual fine-tuning (Ribeiro, Xia, Monteiro, Pawlowski & Glocker, ICML
+    2023, Sec. 3.3), for every family.
+
+    The loss is the judge's loss on differentiable counterfactuals plus
+    ``lagrange * (likelihood loss - (its pre-trained value + slack))``; the multiplier, kept
+    ``>= 0``, follows gradient ascent with rate ``lagrange_lr``. Abduction and the attribute SCM
+    stay frozen.
+
+    Attributes:
+        init_ckpt: the pre-trained model of the same family.
+        judge_ckpt: the judge to train against; ``None``: the dataset's cached fine-tuning judge
+            (``metrics.judges``, role ``finetune``), trained on first use.
+        slack: nats per dimension the likelihood loss may lose.
+        lagrange_lr: step of the multiplier's gradient ascent.
+        lagrange_init: the multiplier's start.
+    """
+
+    init_ckpt: str | None = None
+    judge_ckpt: str | None = None
+    slack: float = 0.0025
+    lagrange_lr: float = 1.0
+    lagrange_init: float = 1.0
+
+    #: names of checkpoints written before the fine-tuning task was shared by every family
+    _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any] | None) -> FineTuning | None:
+        if not settings:
+            return None
+        settings = {cls._RENAMED.get(k, k): v for k, v in settings.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"cf_finetune has no setting(s) {unknown}; it takes {sorted(known)}")
+        parsed = cls(**settings)
+        if parsed.slack < 0 or parsed.lagrange_lr < 0 or parsed.lagrange_init < 0:
+            raise ValueError(
+                f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
+            )
+        return parsed
+
+
+def judge_loss(judge: nn.Module, images: Tensor, target: Mapping[str, Tensor]) -> Tensor:
+    """The judge's training loss of ``images`` against attributes ``target``, differentiable in the
+    images: L1 of each normalised continuous attribute plus cross-entropy of each categorical one.
+
+    Every attribute is scored, so fine-tuning also learns to keep the non-intervened ones.
+    """
+    raw = judge._raw(images)
+    losses = []
+    for variable in judge.graph.variables:
+        output, value = raw[variable.name], target[variable.name]
+        if variable.is_continuous:
+            losses.append((output.squeeze(-1) - variable.normalise(value.float())).abs().mean())
+        else:
+            losses.append(F.cross_entropy(output, value.long()))
+    return torch.stack(losses).sum()
+
+
 class CounterfactualModel(pl.LightningModule):
-    """Base class of every image mechanism in the zoo.
+    """A LightningModule that wraps a family's image mechanism and the attribute SCM.
+
+    Training: the mechanism's objective (ELBO, exact likelihood or denoising) plus the attributes'
+    NLL; with ``cf_finetune``, counterfactual fine-tuning against a judge (see
+    :class:`FineTuning`; attach the judge with :meth:`attach_judge`, as ``train.py`` does).
 
     Args:
         graph: the datamodule's causal graph, as ``CausalGraph.to_dict()`` (plain data).
@@ -85,17 +265,16 @@ class CounterfactualModel(pl.LightningModule):
         scm_weight: weight of the attributes' NLL in the joint loss (0 leaves the SCM untrained).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        ema_decay: keep an exponential moving average of ``self.net``'s weights with this decay
-            and use it outside training (0 disables; families opt in by calling
-            :meth:`setup_ema` once ``self.net`` exists). The decay warms up as
+        ema_decay: keep an exponential moving average of the mechanism's weights with this decay
+            and use it outside training (0 disables). The decay warms up as
             ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run's average
             is not dominated by the initial weights (0.999 ** 500 = 0.61 of them without it).
         skip_grad_norm: skip an optimiser update whose gradient norm exceeds this (or is not
             finite), as VDVAE does against rare loss spikes; ``None`` never skips.
+        cf_finetune: :class:`FineTuning` settings as a mapping, or ``None`` for the family's own
+            training.
     """
 
-    #: Counterfactual-time options of the family; their defaults are hyperparameters of the same name.
-    options: tuple[str, ...] = ()
     #: Variables ``do`` may name (all of the graph's unless a model restricts them).
     intervenable: tuple[str, ...] | None = None
 
@@ -110,34 +289,134 @@ class CounterfactualModel(pl.LightningModule):
         weight_decay: float = 0.0,
         ema_decay: float = 0.0,
         skip_grad_norm: float | None = None,
+        cf_finetune: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.graph = CausalGraph.from_dict(graph)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.dataset_name = dataset
-        scm = dict(scm or {})
-        self.scm = AttributeSCM(self.graph, analytic=ANALYTIC_MECHANISMS.get(dataset), **scm)
+        self.scm = AttributeSCM(
+            self.graph, analytic=ANALYTIC_MECHANISMS.get(dataset), **(scm or {})
+        )
         self.scm_weight = scm_weight
         self.lr = lr
         self.weight_decay = weight_decay
         self.ema_decay = ema_decay
         self.skip_grad_norm = skip_grad_norm
-        self.ema_net: torch.nn.Module | None = None
+        self.finetuning = FineTuning.parse(cf_finetune)
+        self.ema_net: ImageMechanism | None = None
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
         # counted in the checkpoint, so a resumed run continues the same warm-up
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        lagrange = self.finetuning.lagrange_init if self.finetuning else 1.0
+        self.register_buffer("lagrange", torch.tensor(float(lagrange)))
+        self.register_buffer("loss_target", torch.tensor(float("nan")))
+        # The judge of fine-tuning: kept out of the module tree, so it is neither trained nor saved.
+        self.__dict__["_judge"] = None
+        #: The source of the judge this model was fine-tuned against (``None``: never fine-tuned).
+        self.trained_against: str | None = None
 
-    # -- EMA and update skipping ----------------------------------------------------------------
-    def setup_ema(self) -> None:
-        """Create the EMA copy of ``self.net`` (call at the end of a family's ``__init__``)."""
+    def set_mechanism(self, net: ImageMechanism) -> None:
+        """Install the family's mechanism (and its EMA copy); call at the end of ``__init__``."""
+        self.net = net
         if self.ema_decay > 0:
-            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
+            self.ema_net = copy.deepcopy(net).requires_grad_(False)
 
+    # -- the mechanism ----------------------------------------------------------------------------
     @property
-    def mechanism(self) -> torch.nn.Module:
-        """The networks to use now: the EMA weights outside training, when there are some."""
+    def mechanism(self) -> ImageMechanism:
+        """The mechanism to use now: the EMA weights outside training, when there are some."""
         return self.ema_net if self.ema_net is not None and not self.training else self.net
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Counterfactual-time options of the family."""
+        return tuple(self.net.option_defaults)
+
+    def option_defaults(self) -> dict[str, Any]:
+        return dict(self.net.option_defaults)
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        return self.net.resolve_options(options)
+
+    # -- the interface ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def abduct(
+        self,
+        x: Tensor,
+        pa: Mapping[str, Tensor],
+        *,
+        sample_ids: Tensor | None = None,
+        **options: Any,
+    ) -> Exogenous:
+        """The exogenous noise of the images and of their attributes."""
+        x, pa = self.check_inputs(x, pa)
+        mechanism = self.mechanism
+        options = mechanism.resolve_options(options)
+        extra = {"sample_ids": sample_ids} if mechanism.uses_sample_ids else {}
+        return Exogenous(
+            image=mechanism.abduct(x, pa, **extra, **options), attributes=self.scm.abduct(pa)
+        )
+
+    @torch.inference_mode()
+    def counterfactual(
+        self,
+        x: Tensor,
+        pa: Mapping[str, Tensor],
+        do: Mapping[str, Intervention],
+        *,
+        sample_ids: Tensor | None = None,
+        **options: Any,
+    ) -> Counterfactual:
+        """Answer "what would ``x`` look like under ``do``?" by abduction, action and prediction.
+
+        :func:`counterfactual` under ``inference_mode``, after checking the inputs.
+
+        Args:
+            x: ``(B, C, H, W)`` images in [0, 1].
+            pa: their attributes, ``(B,)`` tensors in natural units.
+            do: name -> value per sample (tensor), scalar, or function of the factual value.
+            sample_ids: the samples' dataset ids (``batch["index"]``), which the oracle needs.
+            **options: the family's counterfactual-time options (see ``options``).
+
+        Raises:
+            ValueError: wrong image shape, missing or out-of-support attributes, unknown names,
+                wrong shapes or out-of-support values in ``do``, unknown options.
+        """
+        x, pa = self.check_inputs(x, pa)
+        if self.intervenable is not None and not set(do) <= set(self.intervenable):
+            unsupported = sorted(set(do) - set(self.intervenable))
+            raise ValueError(
+                f"{type(self).__name__} can't intervene on {unsupported}; it supports "
+                f"{', '.join(self.intervenable)}"
+            )
+        return counterfactual(self.mechanism, self.scm, x, pa, do, sample_ids=sample_ids, **options)
+
+    def check_inputs(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Validate and move images and attributes to the model's device."""
+        x = torch.as_tensor(x)
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}) in [0, 1] "
+                f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
+            )
+        missing = [name for name in self.graph.names if name not in pa]
+        if missing:
+            raise ValueError(
+                f"pa lacks attribute(s) {missing}; the model needs {', '.join(self.graph.names)}"
+            )
+        checked = {}
+        for variable in self.graph.variables:
+            value = torch.as_tensor(pa[variable.name])
+            if tuple(value.shape) != (len(x),):
+                raise ValueError(
+                    f"pa['{variable.name}'] must have shape ({len(x)},) like the images, "
+                    f"got {tuple(value.shape)}"
+                )
+            checked[variable.name] = variable.check(value, what="pa").to(self.device)
+        return x.to(self.device, torch.float32), checked
+
+    # -- EMA and update skipping ------------------------------------------------------------------
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema_net is None:
             return
@@ -167,112 +446,11 @@ class CounterfactualModel(pl.LightningModule):
             self.skipped_updates += 1
             self.log("train/skipped_updates", self.skipped_updates.float(), on_step=True)
 
-    # -- the family's part ----------------------------------------------------------------------
-    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
-
-    def abduct_image(
-        self, x: Tensor, pa: Mapping[str, Tensor], **options: Any
-    ) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def predict(self, noise: Exogenous, pa: Mapping[str, Tensor], **options: Any) -> Tensor:
-        """The image generated from ``noise`` under attributes ``pa`` (``(B, C, H, W)`` in [0, 1])."""
-        raise NotImplementedError
-
-    # -- the interface --------------------------------------------------------------------------
-    def abduct(self, x: Tensor, pa: Mapping[str, Tensor], **options: Any) -> Exogenous:
-        """The exogenous noise of the images and of their attributes."""
-        x, pa = self.check_inputs(x, pa)
-        return self._abduct(x, pa, self.resolve_options(options))
-
-    def _abduct(self, x: Tensor, pa: dict[str, Tensor], options: dict[str, Any]) -> Exogenous:
-        return Exogenous(image=self.abduct_image(x, pa, **options), attributes=self.scm.abduct(pa))
-
-    @torch.inference_mode()
-    def counterfactual(
-        self,
-        x: Tensor,
-        pa: Mapping[str, Tensor],
-        do: Mapping[str, Intervention],
-        **options: Any,
-    ) -> Counterfactual:
-        """Answer "what would ``x`` look like under ``do``?" by abduction, action and prediction.
-
-        Args:
-            x: ``(B, C, H, W)`` images in [0, 1].
-            pa: their attributes, ``(B,)`` tensors in natural units.
-            do: name -> value per sample (tensor), scalar, or function of the factual value.
-            **options: the family's counterfactual-time options (see ``options``).
-
-        Raises:
-            ValueError: wrong image shape, missing or out-of-support attributes, unknown names,
-                wrong shapes or out-of-support values in ``do``, unknown options.
-        """
-        x, pa = self.check_inputs(x, pa)
-        options = self.resolve_options(options)
-        if self.intervenable is not None and not set(do) <= set(self.intervenable):
-            unsupported = sorted(set(do) - set(self.intervenable))
-            raise ValueError(
-                f"{type(self).__name__} can't intervene on {unsupported}; it supports "
-                f"{', '.join(self.intervenable)}"
-            )
-        # The attributes' noise is abducted lazily by act(): only the recomputed descendants need it.
-        noise = Exogenous(image=self.abduct_image(x, pa, **options), attributes={})
-        resolved = self.graph.resolve(pa, do)
-        parents = self.scm.act(pa, resolved, noise.attributes)
-        image = self.predict(noise, parents, **options)
-        return Counterfactual(
-            image=image,
-            parents=parents,
-            factual_image=x,
-            factual_parents=pa,
-            noise=noise,
-            do=resolved,
-        )
-
-    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            accepted = ", ".join(self.options) or "none"
-            raise ValueError(
-                f"{type(self).__name__} has no counterfactual option(s) {sorted(unknown)}; "
-                f"it accepts: {accepted}"
-            )
-        defaults = self.option_defaults()
-        return {name: options.get(name, defaults[name]) for name in self.options}
-
-    def option_defaults(self) -> dict[str, Any]:
-        """Defaults of the counterfactual options: the hyperparameters of the same names."""
-        return {name: self.hparams[name] for name in self.options}
-
-    def check_inputs(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Validate and move images and attributes to the model's device."""
-        x = torch.as_tensor(x)
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}) in [0, 1] "
-                f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
-            )
-        missing = [name for name in self.graph.names if name not in pa]
-        if missing:
-            raise ValueError(
-                f"pa lacks attribute(s) {missing}; the model needs {', '.join(self.graph.names)}"
-            )
-        checked = {}
-        for variable in self.graph.variables:
-            value = torch.as_tensor(pa[variable.name])
-            if tuple(value.shape) != (len(x),):
-                raise ValueError(
-                    f"pa['{variable.name}'] must have shape ({len(x)},) like the images, "
-                    f"got {tuple(value.shape)}"
-                )
-            checked[variable.name] = variable.check(value, what="pa").to(self.device)
-        return x.to(self.device, torch.float32), checked
-
-    # -- training -------------------------------------------------------------------------------
+    # -- training ---------------------------------------------------------------------------------
     def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
-        loss, logs = self.image_loss(batch)
+        loss, logs = self.mechanism.loss(batch["x"], batch["pa"])
+        if self.finetuning is not None and stage == "train":
+            loss, logs = self.finetuning_loss(batch, loss, logs)
         if self.scm_weight > 0 and any(p.requires_grad for p in self.scm.parameters()):
             scm_nll = self.scm.nll(batch["pa"])
             # Disjoint parameters: the weight only matters through gradient clipping and logs.
@@ -300,8 +478,130 @@ class CounterfactualModel(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
+    # -- counterfactual fine-tuning ---------------------------------------------------------------
+    def attach_judge(self, judge: nn.Module, source: str) -> None:
+        """Set the (frozen) judge of counterfactual fine-tuning, and where it came from."""
+        if judge.graph.names != self.graph.names:
+            raise ValueError(
+                f"the judge {source} predicts {judge.graph.names}, the model has {self.graph.names}"
+            )
+        self.__dict__["_judge"] = judge.requires_grad_(False).eval()
+        self.trained_against = str(source)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.finetuning is None:
+            return
+        settings = self.finetuning
+        if not settings.init_ckpt:
+            raise ValueError(
+                f"counterfactual fine-tuning needs model.cf_finetune.init_ckpt=PATH (a trained "
+                f"{type(self).__name__})"
+            )
+        if self._judge is None:
+            raise ValueError(
+                "counterfactual fine-tuning needs a judge: call model.attach_judge(judge, source) "
+                "before trainer.fit (train.py attaches the dataset's fine-tuning judge)"
+            )
+        checkpoint = read_checkpoint(settings.init_ckpt)
+        if checkpoint.get(CHECKPOINT_CLASS_KEY) != type(self).__name__:
+            raise ValueError(
+                f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
+                f"{type(self).__name__}: fine-tune a checkpoint of the same family"
+            )
+        migrate_checkpoint(checkpoint)
+        missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{settings.init_ckpt} does not fit this {type(self).__name__}: missing "
+                f"{missing}, unexpected {unexpected}. Fine-tune with the pre-trained model's "
+                "architecture settings."
+            )
+        self.scm.requires_grad_(False)  # the attribute mechanisms stay as pre-trained
+        if self.ema_net is not None:
+            # Start from the weights that were evaluated, and average only fine-tuned ones.
+            self.net.load_state_dict(self.ema_net.state_dict())
+            self.ema_updates.zero_()
+        self.lagrange.fill_(settings.lagrange_init)
+        log.info("Counterfactual fine-tuning against the judge %s", self.trained_against)
+        batches = zip(range(8), self.trainer.datamodule.train_dataloader())
+        with torch.no_grad():  # the likelihood loss to keep: the pre-trained model's
+            losses = [
+                self.net.loss(b["x"].to(self.device), _to(b["pa"], self.device))[0]
+                for _, b in batches
+            ]
+        self.loss_target.fill_(torch.stack(losses).mean().item() + settings.slack)
+
+    def finetuning_loss(
+        self, batch: Mapping[str, Any], likelihood_loss: Tensor, logs: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The Lagrangian: judge loss + multiplier * (likelihood loss - its allowed value)."""
+        cf_loss = self.counterfactual_loss(batch)
+        violation = likelihood_loss - self.loss_target
+        with torch.no_grad():  # gradient ascent on the multiplier, kept >= 0
+            self.lagrange.add_(self.finetuning.lagrange_lr * violation).clamp_(min=0.0)
+        logs.update(
+            cf_loss=cf_loss, lagrange=self.lagrange.clone(), loss_violation=violation.detach()
+        )
+        return cf_loss + self.lagrange * violation, logs
+
+    def counterfactual_loss(self, batch: Mapping[str, Any]) -> Tensor:
+        """The judge's loss on differentiable counterfactuals of one random intervention.
+
+        One attribute per call, its values drawn from the batch's marginal (a permutation); the
+        descendants follow the frozen attribute SCM. The counterfactual is the evaluated one
+        (:func:`counterfactual` with the model's default options, pixel residual included), of
+        the weights being trained.
+        """
+        if self._judge is None:
+            raise ValueError("no judge attached: call model.attach_judge(judge, source) first")
+        x, pa = batch["x"], batch["pa"]
+        names = self.intervenable or self.graph.names
+        name = names[int(torch.randint(len(names), ()))]
+        do = {name: pa[name][torch.randperm(len(x), device=x.device)]}
+        cf = counterfactual(self.net, self.scm, x, pa, do)
+        judge = self._judge.to(x.device)
+        return judge_loss(judge, cf.image, {k: v.detach() for k, v in cf.parents.items()})
+
+    # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
+        checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
+        checkpoint[TRAINED_AGAINST_KEY] = self.trained_against
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        migrate_checkpoint(checkpoint)
+        self.trained_against = checkpoint.get(TRAINED_AGAINST_KEY)
+
+
+def _to(pa: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in pa.items()}
+
+
+#: Buffers of the LightningModule itself, not of the mechanism.
+_MODULE_BUFFERS = ("skipped_updates", "ema_updates", "lagrange", "loss_target")
+
+
+def migrate_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Bring a checkpoint written before the mechanisms were split out to today's layout, in place.
+
+    Format 1 kept the VAE's and the flow's networks on the module itself (``encoder.*``,
+    ``flow.*``); they now live in the mechanism (``net.*``). The HVAE's fine-tuning target was
+    ``elbo_target``; every family now has ``lagrange`` and ``loss_target``.
+    """
+    if checkpoint.get(CHECKPOINT_FORMAT_KEY, 1) >= CHECKPOINT_FORMAT:
+        return
+    state = checkpoint.get("state_dict", {})
+    migrated = {}
+    for key, value in state.items():
+        if key == "elbo_target":
+            key = "loss_target"
+        elif not key.startswith(("net.", "ema_net.", "scm.")) and key not in _MODULE_BUFFERS:
+            key = f"net.{key}"
+        migrated[key] = value
+    migrated.setdefault("lagrange", torch.tensor(1.0))
+    migrated.setdefault("loss_target", torch.tensor(float("nan")))
+    checkpoint["state_dict"] = migrated
+    checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -13,14 +13,58 @@ Neither is trained; ``evaluate.py model=oracle`` / ``model=identity`` build them
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from datamodules.base import CounterfactualDataModule
-from models.base import CounterfactualModel, Exogenous
+from models.base import CounterfactualModel, ImageMechanism
 
 __all__ = ["IdentityModel", "OracleModel"]
+
+
+@dataclass
+class SampleIds:
+    """The true SCM's image noise: each sample's id, which holds its stored exogenous noise."""
+
+    ids: Tensor
+
+
+class OracleMechanism(ImageMechanism):
+    """The dataset's true image mechanism: renders each sample from its stored noise."""
+
+    uses_sample_ids = True
+
+    def __init__(self, datamodule: CounterfactualDataModule):
+        super().__init__()
+        self.datamodule = datamodule
+
+    def abduct(self, x: Tensor, pa: Mapping[str, Tensor], sample_ids: Tensor | None) -> SampleIds:
+        if sample_ids is None:
+            raise ValueError(
+                "OracleModel needs sample_ids=batch['index']: it renders each sample from its "
+                "stored exogenous noise (its source digit)"
+            )
+        if len(sample_ids) != len(x):
+            raise ValueError(f"sample_ids has {len(sample_ids)} ids for {len(x)} images")
+        return SampleIds(sample_ids)
+
+    def predict(
+        self, noise: SampleIds, pa: Mapping[str, Tensor], intervened: frozenset[str]
+    ) -> Tensor:
+        return self.datamodule.render(noise.ids, pa).to(next(iter(pa.values())).device)
+
+
+class IdentityMechanism(ImageMechanism):
+    """Its noise is the image itself, whatever the attributes."""
+
+    def abduct(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        return x
+
+    def predict(
+        self, noise: Tensor, pa: Mapping[str, Tensor], intervened: frozenset[str]
+    ) -> Tensor:
+        return noise
 
 
 class _Baseline(CounterfactualModel):
@@ -38,30 +82,15 @@ class _Baseline(CounterfactualModel):
 class OracleModel(_Baseline):
     """The dataset's true SCM behind the counterfactual interface.
 
-    Needs the samples' ids: ``model.counterfactual(x, pa, do, index=batch["index"])``.
+    Needs the samples' ids: ``model.counterfactual(x, pa, do, sample_ids=batch["index"])``.
     """
-
-    options = ("index",)
 
     def __init__(self, datamodule: CounterfactualDataModule):
         if not datamodule.has_ground_truth:
             raise ValueError(f"{type(datamodule).__name__} has no true SCM for an oracle")
         super().__init__(datamodule, mechanism="analytic")
         self.intervenable = tuple(datamodule.ground_truth_variables)
-
-    def option_defaults(self) -> dict[str, Any]:
-        return {"index": None}
-
-    def abduct_image(self, x: Tensor, pa: Mapping[str, Tensor], index: Tensor | None) -> dict:
-        if index is None:
-            raise ValueError(
-                "OracleModel needs index=batch['index']: it renders each sample from its stored "
-                "exogenous noise (its source digit)"
-            )
-        return {"index": index}
-
-    def predict(self, noise: Exogenous, pa: Mapping[str, Tensor], index: Tensor | None) -> Tensor:
-        return self.datamodule.render(noise.image["index"], pa).to(self.device)
+        self.set_mechanism(OracleMechanism(datamodule))
 
 
 class IdentityModel(_Baseline):
@@ -70,9 +99,4 @@ class IdentityModel(_Baseline):
     def __init__(self, datamodule: CounterfactualDataModule):
         mechanism = "analytic" if datamodule.has_ground_truth else "flow"
         super().__init__(datamodule, mechanism=mechanism)
-
-    def abduct_image(self, x: Tensor, pa: Mapping[str, Tensor]) -> dict:
-        return {"x": x}
-
-    def predict(self, noise: Exogenous, pa: Mapping[str, Tensor]) -> Tensor:
-        return noise.image["x"]
+        self.set_mechanism(IdentityMechanism())

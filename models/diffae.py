@@ -18,9 +18,9 @@ Networks (``self.net``, averaged by the EMA):
 Exogenous noise of an image (abduction, deterministic):
 
 - ``latent``: ``z = encoder(x)``;
-- ``x_T``: the DDIM inversion of ``x`` (on [-1, 1]) under ``z`` and the factual attributes.
-- causal mode only: ``factual_<name>``, the factual attributes (not noise: they let prediction
-  tell intervened attributes from recomputed ones).
+- ``x_T``: the DDIM inversion of ``x`` (on [-1, 1]) under ``z`` and the factual attributes;
+- causal mode only: ``block_rest``, each attribute block's sample-specific rest
+  ``z_k - g_k(factual value)`` (see below).
 
 Prediction runs DDIM (``eta = 0``) from ``x_T`` under ``z`` and the counterfactual attributes.
 The null intervention gives the input back up to the inversion's error: it shrinks with
@@ -50,12 +50,10 @@ block of ``block_dim`` per image parent plus a free "style" block of ``latent_di
 - the UNet sees the blocks and the style only, not the attribute values (as in CausalDiffAE);
   guidance drops the blocks and keeps the style.
 
-Prediction under counterfactual attributes: an attribute is *intervened* where its value differs
-from the factual one (abduction keeps those as ``factual_<name>`` in the image noise) and breaks
-its own mechanism in the attribute SCM under the abducted attribute noise (descendants that the SCM
-recomputed satisfy it; the null intervention changes nothing). An intervened block is shifted by
-``g_k(new value) - g_k(factual value)`` (its sample-specific rest stays); every block downstream of an intervened one is recomputed as
-``f_k(new parents' blocks) + u_k``; the others stay as abducted. The attribute values that
+Prediction under counterfactual attributes is told which attributes ``do`` set (the counterfactual
+function passes them; nothing is guessed from the values). An intervened block becomes
+``g_k(new value) + rest_k``, its abducted rest kept; every block downstream of an intervened one
+is recomputed as ``f_k(new parents' blocks) + u_k``; the others stay as abducted. The attribute values that
 ``counterfactual`` returns come from the attribute SCM, so for a recomputed descendant the image
 follows the block mechanism, which agrees with the SCM only as far as both were learned well.
 
@@ -74,14 +72,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
-from torch import Tensor, nn
+from torch import Tensor
 
-from models.base import CounterfactualModel, Exogenous
+from models.base import CounterfactualModel, ImageMechanism
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvEncoder
 from models.nn.diffusion import build_schedulers, ddim_invert, ddim_sample
@@ -89,30 +88,72 @@ from models.nn.gaussian import LOG_SD_RANGE, standard_normal_kl
 from models.nn.latent_scm import LatentSCM, mlp
 from models.nn.likelihoods import from_signed, to_signed
 
-__all__ = ["DiffusionAutoencoder", "LatentSCM"]
-
-#: Normalised distance above which an attribute breaks its mechanism (an intervention); the
-#: attribute flows invert to ~1e-5.
-_INTERVENED_ATOL = 1e-3
+__all__ = ["DiffAEMechanism", "DiffAENoise", "DiffusionAutoencoder", "LatentSCM"]
 
 
-class DiffAENetworks(nn.Module):
-    """Semantic encoder, context MLP, denoising UNet and (causal mode) the latent SCM."""
+@dataclass
+class DiffAENoise:
+    """The image's exogenous noise under the diffusion autoencoder.
+
+    Attributes:
+        latent: the semantic latent (the posterior mean with the bottleneck).
+        x_T: the DDIM inversion of the image.
+        block_rest: causal mode: each attribute block's rest ``z_k - g_k(factual value)``.
+    """
+
+    latent: Tensor
+    x_T: Tensor
+    block_rest: dict[str, Tensor] | None = None
+
+
+class DiffAEMechanism(ImageMechanism):
+    """Semantic encoder, context MLP, denoising UNet, (causal mode) the latent SCM and the DDIM
+    schedulers, with the three steps and the denoising objective, as a plain module.
+
+    The schedulers are plain objects, not submodules: they are rebuilt from the settings.
+
+    Args:
+        graph: the causal graph (its image parents condition the UNet).
+        image_shape: ``(C, H, W)``.
+        encoder_widths, latent_dim, causal_latent, block_dim, block_hidden, block_weight,
+            scheduler, p_uncond, semantic_kl, steps, guidance_scale, inversion_iters, compile:
+            see :class:`DiffusionAutoencoder`.
+        unet: ``UNet2DModel`` settings.
+    """
 
     def __init__(
         self,
+        graph,
         image_shape: Sequence[int],
-        encoder_widths: Sequence[int],
-        latent_dim: int,
-        attribute_dim: int,
-        latent_scm: LatentSCM | None,
         unet: Mapping[str, Any],
-        variational: bool = False,
+        encoder_widths: Sequence[int] = (32, 64, 128),
+        latent_dim: int = 32,
+        causal_latent: bool = False,
+        block_dim: int = 4,
+        block_hidden: int = 32,
+        block_weight: float = 1.0,
+        scheduler: Mapping[str, Any] | None = None,
+        p_uncond: float = 0.1,
+        semantic_kl: float = 0.0,
+        steps: int = 20,
+        guidance_scale: float = 1.0,
+        inversion_iters: int = 2,
+        compile: bool = False,
     ):
-        super().__init__()
+        super().__init__(
+            steps=steps, guidance_scale=guidance_scale, inversion_iters=inversion_iters
+        )
         channels, size, _ = image_shape
-        self.latent_scm = latent_scm
-        extra = latent_scm.dim if latent_scm is not None else 0
+        self.causal_latent = causal_latent
+        if causal_latent:
+            self.latent_scm = LatentSCM(graph, graph.image_parents, block_dim, block_hidden)
+            attribute_dim = self.latent_scm.dim
+        else:
+            self.latent_scm = None
+            self.parents = ParentEncoder(graph, graph.image_parents)
+            attribute_dim = self.parents.dim
+        extra = self.latent_scm.dim if causal_latent else 0
+        variational = semantic_kl > 0
         # variational: the encoder also gives the semantic part's log-sd (its last outputs)
         self.latent_size = latent_dim + extra
         self.encoder = ConvEncoder(
@@ -129,10 +170,173 @@ class DiffAENetworks(nn.Module):
         width = self.unet.config.block_out_channels[0] * 4  # the UNet's time-embedding size
         self.semantic_dim = latent_dim
         self.context = mlp(latent_dim + attribute_dim + 1, width, width)
+        self.semantic_kl = semantic_kl
+        self.train_scheduler, self.sampler, self.inverter = build_schedulers(scheduler)
+        self.p_uncond = p_uncond
+        self.block_weight = block_weight
+        self.compile = compile
+        self._compiled: Callable | None = None
 
+    # -- networks ------------------------------------------------------------------------------
     def conditioning(self, semantic: Tensor, attributes: Tensor, keep: Tensor) -> Tensor:
         """The UNet's ``class_labels``; ``keep`` ``(B, 1)`` is 0 where the attributes are dropped."""
         return self.context(torch.cat([semantic, attributes * keep, 1.0 - keep], 1))
+
+    def denoiser(self) -> Callable:
+        """The UNet, compiled when asked for and on CUDA."""
+        if not (self.compile and self.unet.device.type == "cuda"):
+            return self.unet
+        if self._compiled is None:
+            self._compiled = torch.compile(self.unet)
+        return self._compiled
+
+    def model_fn(
+        self, semantic: Tensor, attributes: Tensor, guidance_scale: float
+    ) -> Callable[[Tensor, int], Tensor]:
+        """``(x_t, t) -> `` the (guided) network output under this context."""
+        unet = self.denoiser()
+        ones = semantic.new_ones(len(semantic), 1)
+        if guidance_scale != 1.0 and self.p_uncond == 0:
+            raise ValueError(
+                "guidance_scale != 1 needs a model trained with attribute dropout (p_uncond > 0); "
+                "this one has p_uncond=0"
+            )
+        if guidance_scale == 1.0:
+            context = self.conditioning(semantic, attributes, ones)
+        elif guidance_scale == 0.0:
+            context = self.conditioning(semantic, attributes, ones * 0)
+        else:
+            context = torch.cat(
+                [
+                    self.conditioning(semantic, attributes, ones),
+                    self.conditioning(semantic, attributes, ones * 0),
+                ]
+            )
+
+        def model_fn(x: Tensor, t: int) -> Tensor:
+            timestep = torch.full((len(context),), t, device=x.device, dtype=torch.long)
+            if len(context) == len(x):
+                return unet(x, timestep, class_labels=context).sample
+            conditional, unconditional = unet(
+                torch.cat([x, x]), timestep, class_labels=context
+            ).sample.chunk(2)
+            return unconditional + guidance_scale * (conditional - unconditional)
+
+        return model_fn
+
+    def encode(self, y: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        """The latent, and (bottleneck on) the KL of its semantic part to ``N(0, I)`` per image.
+
+        The semantic part is the latent's last ``latent_dim`` entries in both modes; ``sample``
+        draws it from the posterior (training), otherwise it is the posterior mean (abduction).
+        """
+        out = self.encoder(y)
+        if not self.semantic_kl:
+            return out, out.new_zeros(len(out))
+        z, log_sd = out[:, : self.latent_size], out[:, self.latent_size :].clamp(*LOG_SD_RANGE)
+        mean = z[:, self.latent_size - self.semantic_dim :]
+        kl = standard_normal_kl(mean, log_sd)
+        if sample:
+            drawn = mean + log_sd.exp() * torch.randn_like(mean)
+            z = torch.cat([z[:, : self.latent_size - self.semantic_dim], drawn], 1)
+        return z, kl
+
+    def context_parts(self, z: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(semantic part, attribute part) of the UNet's context under the factual attributes."""
+        if not self.causal_latent:
+            return z, self.parents(pa)
+        blocks, style = self.latent_scm.split(z)
+        return style, torch.cat(list(blocks.values()), 1)
+
+    # -- training ------------------------------------------------------------------------------
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The denoising loss (plus the bottleneck's KL and, causal mode, the blocks' fits)."""
+        y = to_signed(x)
+        z, kl = self.encode(y, sample=self.training)
+        logs: dict[str, Tensor] = {}
+        if self.causal_latent:
+            blocks, semantic = self.latent_scm.split(z)
+            attributes = torch.cat(list(blocks.values()), 1)
+            block_losses = self.latent_scm.losses(blocks, pa)
+            logs.update(block_losses)
+        else:
+            semantic, attributes = z, self.parents(pa)
+        keep = (torch.rand(len(x), 1, device=x.device) >= self.p_uncond).float()
+        if self.training and self.p_uncond > 0:
+            # A dropped sample trains the denoiser's unconditional branch, not the encoder.
+            semantic = torch.where(keep.bool(), semantic, semantic.detach())
+        else:
+            keep = torch.ones_like(keep)
+        noise = torch.randn_like(y)
+        t = torch.randint(
+            0, self.train_scheduler.config.num_train_timesteps, (len(x),), device=x.device
+        )
+        noisy = self.train_scheduler.add_noise(y, noise, t)
+        kind = self.train_scheduler.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.train_scheduler.get_velocity(y, noise, t)
+        else:
+            target = y
+        output = self.denoiser()(
+            noisy, t, class_labels=self.conditioning(semantic, attributes, keep)
+        ).sample
+        mse = F.mse_loss(output.float(), target)
+        logs["mse"] = mse
+        loss = mse
+        if self.semantic_kl:
+            logs["semantic_kl"] = kl.mean()
+            loss = loss + self.semantic_kl * kl.mean()
+        if self.causal_latent:
+            heads = sum(v for k, v in block_losses.items() if k.startswith("head_"))
+            fits = sum(v for k, v in block_losses.items() if not k.startswith("head_"))
+            loss = loss + self.block_weight * heads + fits
+        return loss, logs
+
+    # -- the three steps -----------------------------------------------------------------------
+    def abduct(
+        self,
+        x: Tensor,
+        pa: Mapping[str, Tensor],
+        steps: int,
+        guidance_scale: float,
+        inversion_iters: int,
+    ) -> DiffAENoise:
+        y = to_signed(x)
+        z, _ = self.encode(y, sample=False)
+        model_fn = self.model_fn(*self.context_parts(z, pa), guidance_scale)
+        x_T = ddim_invert(model_fn, y, self.inverter, steps, inversion_iters)
+        rest = None
+        if self.causal_latent:
+            rest = self.latent_scm.rest(self.latent_scm.split(z)[0], pa)
+        return DiffAENoise(z, x_T, rest)
+
+    def predict(
+        self,
+        noise: DiffAENoise,
+        pa: Mapping[str, Tensor],
+        intervened: frozenset[str],
+        steps: int,
+        guidance_scale: float,
+        inversion_iters: int,
+    ) -> Tensor:
+        if not isinstance(noise, DiffAENoise):
+            raise ValueError(
+                f"{type(self).__name__} needs a DiffAENoise abducted by a diffusion autoencoder, "
+                f"got {type(noise).__name__}"
+            )
+        if self.causal_latent:
+            if noise.block_rest is None:
+                raise ValueError("the causal latent needs noise abducted in causal mode")
+            blocks, style = self.latent_scm.split(noise.latent)
+            blocks = self.latent_scm.act(blocks, noise.block_rest, pa, intervened)
+            semantic, attributes = style, torch.cat(list(blocks.values()), 1)
+        else:
+            semantic, attributes = noise.latent, self.parents(pa)
+        model_fn = self.model_fn(semantic, attributes, guidance_scale)
+        y = ddim_sample(model_fn, noise.x_T, self.sampler, steps)
+        return from_signed(y).clamp(0.0, 1.0)
 
 
 class DiffusionAutoencoder(CounterfactualModel):
@@ -140,7 +344,7 @@ class DiffusionAutoencoder(CounterfactualModel):
 
     Args:
         graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, ema_decay,
-            skip_grad_norm: see :class:`~models.base.CounterfactualModel`. The EMA's decay
+            skip_grad_norm, cf_finetune: see :class:`~models.base.CounterfactualModel`. The EMA's decay
             warms up as ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs
             are not stuck near the initial weights.
         channels: the UNet's ``block_out_channels`` (one resolution per entry).
@@ -169,8 +373,6 @@ class DiffusionAutoencoder(CounterfactualModel):
         inversion_iters: default fixed-point refinements per inversion step.
         compile: wrap the UNet with ``torch.compile`` when it runs on CUDA (ignored on CPU).
     """
-
-    options = ("steps", "guidance_scale", "inversion_iters")
 
     def __init__(
         self,
@@ -202,6 +404,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         weight_decay: float = 0.0,
         ema_decay: float = 0.999,
         skip_grad_norm: float | None = None,
+        cf_finetune: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             graph,
@@ -213,6 +416,7 @@ class DiffusionAutoencoder(CounterfactualModel):
             weight_decay=weight_decay,
             ema_decay=ema_decay,
             skip_grad_norm=skip_grad_norm,
+            cf_finetune=cf_finetune,
         )
         self.save_hyperparameters()
         if not 0.0 <= p_uncond < 1.0:
@@ -230,14 +434,6 @@ class DiffusionAutoencoder(CounterfactualModel):
         bad = [c for c in channels if c % norm_num_groups]
         if bad:
             raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count")
-        self.causal_latent = causal_latent
-        if causal_latent:
-            latent_scm = LatentSCM(self.graph, self.graph.image_parents, block_dim, block_hidden)
-            attribute_dim = latent_scm.dim
-        else:
-            latent_scm = None
-            self.parents = ParentEncoder(self.graph, self.graph.image_parents)
-            attribute_dim = self.parents.dim
         unet = dict(
             block_out_channels=channels,
             layers_per_block=layers_per_block,
@@ -249,211 +445,27 @@ class DiffusionAutoencoder(CounterfactualModel):
             norm_num_groups=norm_num_groups,
             dropout=dropout,
         )
-        self.net = DiffAENetworks(
-            self.image_shape,
-            encoder_widths,
-            latent_dim,
-            attribute_dim,
-            latent_scm,
-            unet,
-            variational=semantic_kl > 0,
+        self.set_mechanism(
+            DiffAEMechanism(
+                self.graph,
+                self.image_shape,
+                unet,
+                encoder_widths=encoder_widths,
+                latent_dim=latent_dim,
+                causal_latent=causal_latent,
+                block_dim=block_dim,
+                block_hidden=block_hidden,
+                block_weight=block_weight,
+                scheduler=scheduler,
+                p_uncond=p_uncond,
+                semantic_kl=semantic_kl,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                inversion_iters=inversion_iters,
+                compile=compile,
+            )
         )
-        self.semantic_kl = semantic_kl
-        # Plain objects, not submodules: rebuilt from the hyperparameters on load.
-        self.train_scheduler, self.sampler, self.inverter = build_schedulers(scheduler)
-        self.p_uncond = p_uncond
-        self.block_weight = block_weight
-        self._compiled: dict[int, Callable] = {}
-        self.setup_ema()
 
-    # -- networks ------------------------------------------------------------------------------
-    def _denoiser(self, net: DiffAENetworks) -> Callable:
-        """The UNet, compiled when asked for and on CUDA."""
-        if not (self.hparams.compile and net.unet.device.type == "cuda"):
-            return net.unet
-        if id(net) not in self._compiled:
-            self._compiled[id(net)] = torch.compile(net.unet)
-        return self._compiled[id(net)]
-
-    def _model_fn(
-        self, net: DiffAENetworks, semantic: Tensor, attributes: Tensor, guidance_scale: float
-    ) -> Callable[[Tensor, int], Tensor]:
-        """``(x_t, t) -> `` the (guided) network output under this context."""
-        unet = self._denoiser(net)
-        ones = semantic.new_ones(len(semantic), 1)
-        if guidance_scale != 1.0 and self.p_uncond == 0:
-            raise ValueError(
-                "guidance_scale != 1 needs a model trained with attribute dropout (p_uncond > 0); "
-                "this one has p_uncond=0"
-            )
-        if guidance_scale == 1.0:
-            context = net.conditioning(semantic, attributes, ones)
-        elif guidance_scale == 0.0:
-            context = net.conditioning(semantic, attributes, ones * 0)
-        else:
-            context = torch.cat(
-                [
-                    net.conditioning(semantic, attributes, ones),
-                    net.conditioning(semantic, attributes, ones * 0),
-                ]
-            )
-
-        def model_fn(x: Tensor, t: int) -> Tensor:
-            timestep = torch.full((len(context),), t, device=x.device, dtype=torch.long)
-            if len(context) == len(x):
-                return unet(x, timestep, class_labels=context).sample
-            conditional, unconditional = unet(
-                torch.cat([x, x]), timestep, class_labels=context
-            ).sample.chunk(2)
-            return unconditional + guidance_scale * (conditional - unconditional)
-
-        return model_fn
-
-    # -- training ------------------------------------------------------------------------------
-    def _encode(self, net: DiffAENetworks, y: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
-        """The latent, and (bottleneck on) the KL of its semantic part to ``N(0, I)`` per image.
-
-        The semantic part is the latent's last ``latent_dim`` entries in both modes; ``sample``
-        draws it from the posterior (training), otherwise it is the posterior mean (abduction).
-        """
-        out = net.encoder(y)
-        if not self.semantic_kl:
-            return out, out.new_zeros(len(out))
-        z, log_sd = out[:, : net.latent_size], out[:, net.latent_size :].clamp(*LOG_SD_RANGE)
-        mean = z[:, net.latent_size - net.semantic_dim :]
-        kl = standard_normal_kl(mean, log_sd)
-        if sample:
-            drawn = mean + log_sd.exp() * torch.randn_like(mean)
-            z = torch.cat([z[:, : net.latent_size - net.semantic_dim], drawn], 1)
-        return z, kl
-
-    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        net = self.mechanism
-        x, pa = batch["x"], batch["pa"]
-        y = to_signed(x)
-        z, kl = self._encode(net, y, sample=self.training)
-        logs: dict[str, Tensor] = {}
-        if self.causal_latent:
-            blocks, semantic = net.latent_scm.split(z)
-            attributes = torch.cat(list(blocks.values()), 1)
-            block_losses = net.latent_scm.losses(blocks, pa)
-            logs.update(block_losses)
-        else:
-            semantic, attributes = z, self.parents(pa)
-        keep = (torch.rand(len(x), 1, device=x.device) >= self.p_uncond).float()
-        if self.training and self.p_uncond > 0:
-            # A dropped sample trains the denoiser's unconditional branch, not the encoder.
-            semantic = torch.where(keep.bool(), semantic, semantic.detach())
-        else:
-            keep = torch.ones_like(keep)
-        noise = torch.randn_like(y)
-        t = torch.randint(
-            0, self.train_scheduler.config.num_train_timesteps, (len(x),), device=x.device
-        )
-        noisy = self.train_scheduler.add_noise(y, noise, t)
-        kind = self.train_scheduler.config.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = self.train_scheduler.get_velocity(y, noise, t)
-        else:
-            target = y
-        output = self._denoiser(net)(
-            noisy, t, class_labels=net.conditioning(semantic, attributes, keep)
-        ).sample
-        mse = F.mse_loss(output.float(), target)
-        logs["mse"] = mse
-        loss = mse
-        if self.semantic_kl:
-            logs["semantic_kl"] = kl.mean()
-            loss = loss + self.semantic_kl * kl.mean()
-        if self.causal_latent:
-            heads = sum(v for k, v in block_losses.items() if k.startswith("head_"))
-            fits = sum(v for k, v in block_losses.items() if not k.startswith("head_"))
-            loss = loss + self.block_weight * heads + fits
-        return loss, logs
-
-    # -- the three steps -----------------------------------------------------------------------
-    def _context_parts(
-        self, net: DiffAENetworks, z: Tensor, pa: Mapping[str, Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """(semantic part, attribute part) of the UNet's context under the factual attributes."""
-        if not self.causal_latent:
-            return z, self.parents(pa)
-        blocks, style = net.latent_scm.split(z)
-        return style, torch.cat(list(blocks.values()), 1)
-
-    def abduct_image(
-        self,
-        x: Tensor,
-        pa: Mapping[str, Tensor],
-        steps: int,
-        guidance_scale: float,
-        inversion_iters: int,
-    ) -> dict[str, Tensor]:
-        net = self.mechanism
-        y = to_signed(x)
-        z, _ = self._encode(net, y, sample=False)
-        model_fn = self._model_fn(net, *self._context_parts(net, z, pa), guidance_scale)
-        x_T = ddim_invert(model_fn, y, self.inverter, steps, inversion_iters)
-        noise = {"latent": z, "x_T": x_T}
-        if self.causal_latent:  # to tell intervened attributes in predict
-            noise.update({f"factual_{name}": pa[name] for name in self.graph.names})
-        return noise
-
-    def intervened(self, noise: Exogenous, pa: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Per attribute, ``(B,)`` bool: where ``pa`` was intervened on, not merely recomputed.
-
-        An attribute is intervened where it differs from its factual value (kept in the image
-        noise by abduction) and does not satisfy its own mechanism under its abducted noise: a
-        descendant the attribute SCM recomputed satisfies it. ``counterfactual`` abducts only the
-        recomputed attributes' noise; an attribute without noise was not recomputed, so a change
-        of it is an intervention.
-        """
-        missing = [n for n in self.graph.names if f"factual_{n}" not in noise.image]
-        if missing:
-            raise ValueError(
-                f"the causal latent needs the factual attributes {missing} in the image noise; "
-                "abduct it with this model (model.abduct(x, pa))"
-            )
-        out = {}
-        for variable in self.graph.variables:
-            name = variable.name
-            changed = pa[name] != noise.image[f"factual_{name}"]
-            if name in noise.attributes:
-                expected = self.scm.mechanisms[name].predict(noise.attributes[name], pa)
-                if variable.is_continuous:
-                    expected = expected.clamp(*variable.support)
-                    distance = (variable.normalise(pa[name]) - variable.normalise(expected)).abs()
-                    changed &= distance > _INTERVENED_ATOL
-                else:
-                    changed &= pa[name] != expected
-            out[name] = changed
-        return out
-
-    def predict(
-        self,
-        noise: Exogenous,
-        pa: Mapping[str, Tensor],
-        steps: int,
-        guidance_scale: float,
-        inversion_iters: int,
-    ) -> Tensor:
-        missing = {"latent", "x_T"} - set(noise.image)
-        if missing:
-            raise ValueError(
-                f"{type(self).__name__} needs the noise {sorted(missing)} abducted by a diffusion "
-                f"autoencoder, got {sorted(noise.image)}"
-            )
-        net = self.mechanism
-        z = noise.image["latent"]
-        if self.causal_latent:
-            blocks, style = net.latent_scm.split(z)
-            factual = {name: noise.image[f"factual_{name}"] for name in self.graph.names}
-            blocks = net.latent_scm.act(blocks, pa, self.intervened(noise, pa), factual)
-            semantic, attributes = style, torch.cat(list(blocks.values()), 1)
-        else:
-            semantic, attributes = z, self.parents(pa)
-        model_fn = self._model_fn(net, semantic, attributes, guidance_scale)
-        y = ddim_sample(model_fn, noise.image["x_T"], self.sampler, steps)
-        return from_signed(y).clamp(0.0, 1.0)
+    @property
+    def causal_latent(self) -> bool:
+        return self.net.causal_latent

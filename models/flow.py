@@ -38,17 +38,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from zuko.transforms import AffineTransform, ComposedTransform, SigmoidTransform
 
-from models.base import CounterfactualModel, Exogenous
+from models.base import CounterfactualModel, ImageMechanism
 from models.nn.conditioning import ParentEncoder
 from models.nn.flows import ActNorm, AffineCoupling, InvertibleConv1x1, Squeeze
 
-__all__ = ["ConditionalFlow", "MultiScaleFlow", "PixelFlow"]
+__all__ = ["ConditionalFlow", "FlowImageMechanism", "FlowNoise", "MultiScaleFlow", "PixelFlow"]
 
 _LEVELS = 256  # 8-bit pixels
 
@@ -183,14 +184,83 @@ class PixelFlow(nn.Module):
         return (y * _LEVELS - 0.5) / (_LEVELS - 1)
 
 
+@dataclass
+class FlowNoise:
+    """The image's exogenous noise under the flow: ``u = f(x; pa)``, ``(B, C * H * W)``."""
+
+    u: Tensor
+
+
+class FlowImageMechanism(ImageMechanism):
+    """``x = f^-1(u; pa)``: the conditional flow and its three steps, as a plain module.
+
+    Args:
+        graph: the causal graph (its image parents condition every coupling).
+        image_shape: ``(C, H, W)``.
+        logit_alpha: margin of the logit pre-processing.
+        **flow: :class:`MultiScaleFlow` settings (``scales``, ``steps``, ``hidden``,
+            ``max_log_scale``).
+    """
+
+    def __init__(self, graph, image_shape: Sequence[int], logit_alpha: float = 0.05, **flow: Any):
+        super().__init__()
+        self.parents = ParentEncoder(graph, graph.image_parents)
+        self.flow = PixelFlow(image_shape, logit_alpha, context_dim=self.parents.dim, **flow)
+
+    def nll(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """Negative log-likelihood of the 8-bit images in nats, ``(B,)``: with uniform
+        dequantisation, an upper bound (in expectation) of ``-log P(x)``."""
+        u, logdet = self.flow(x, self.parents(pa), offset=torch.rand_like(x))
+        dims = u.shape[1]
+        log_prior = -0.5 * (u**2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
+        # The density of y in [0, 1)^D becomes one of the 8-bit values by y = (k + d) / 256.
+        return -(log_prior + logdet) + dims * math.log(_LEVELS)
+
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The exact negative log-likelihood per dimension."""
+        nll = self.nll(x, pa).mean()
+        dims = x[0].numel()
+        # Per-dimension units keep the learning rate independent of the image size.
+        return nll / dims, {"bpd": nll / (dims * math.log(2))}
+
+    def abduct(self, x: Tensor, pa: Mapping[str, Tensor]) -> FlowNoise:
+        u, _ = self.flow(x, self.parents(pa))
+        return FlowNoise(u)
+
+    def predict(
+        self, noise: FlowNoise, pa: Mapping[str, Tensor], intervened: frozenset[str]
+    ) -> Tensor:
+        if not isinstance(noise, FlowNoise):
+            raise ValueError(
+                f"{type(self).__name__} needs a FlowNoise abducted by a flow, got "
+                f"{type(noise).__name__}"
+            )
+        return self.flow.inverse(noise.u, self.parents(pa)).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def check_invertibility(
+        self, x: Tensor, pa: Mapping[str, Tensor], dtype: torch.dtype = torch.float64
+    ) -> float:
+        """Max absolute error of ``f^-1(f(x))`` on [0, 1], run in a ``dtype`` copy of the flow.
+
+        Counterfactuals run in float32 (error ~1e-6); in float64 the error is ~1e-14, which proves
+        the inverse is exact and that float32 rounding is the only error.
+        """
+        flow = copy.deepcopy(self.flow).to(dtype)
+        context = self.parents(pa).to(dtype)
+        x = x.to(dtype)
+        u, _ = flow(x, context)
+        return (flow.inverse(u, context) - x).abs().max().item()
+
+
 class ConditionalFlow(CounterfactualModel):
     """Conditional Glow-style flow behind the counterfactual interface.
 
-    The image's noise is ``{"u": (B, C * H * W)}``, standard normal under the model, abducted
-    without dequantisation noise (deterministic). No counterfactual-time options.
+    The image's noise is :class:`FlowNoise`, standard normal under the model, abducted without
+    dequantisation noise (deterministic). No counterfactual-time options.
 
     Args:
-        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay: see
+        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, cf_finetune: see
             :class:`~models.base.CounterfactualModel`.
         scales: levels of the multi-scale flow (``H``, ``W`` divisible by ``2 ** scales``).
         steps: flow steps (actnorm, 1 x 1 convolution, coupling) per level.
@@ -198,8 +268,6 @@ class ConditionalFlow(CounterfactualModel):
         max_log_scale: bound of the couplings' log-scales.
         logit_alpha: margin of the logit pre-processing.
     """
-
-    options = ()
 
     def __init__(
         self,
@@ -215,6 +283,7 @@ class ConditionalFlow(CounterfactualModel):
         scm_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        cf_finetune: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             graph,
@@ -224,6 +293,7 @@ class ConditionalFlow(CounterfactualModel):
             scm_weight=scm_weight,
             lr=lr,
             weight_decay=weight_decay,
+            cf_finetune=cf_finetune,
         )
         self.save_hyperparameters()
         _, height, width = self.image_shape
@@ -232,60 +302,21 @@ class ConditionalFlow(CounterfactualModel):
                 f"images of {height} x {width} can't be squeezed {scales} times: height and width "
                 f"must be divisible by 2^{scales}; use fewer scales"
             )
-        self.parents = ParentEncoder(self.graph, self.graph.image_parents)
-        self.flow = PixelFlow(
-            self.image_shape,
-            logit_alpha,
-            scales=scales,
-            steps=steps,
-            hidden=hidden,
-            context_dim=self.parents.dim,
-            max_log_scale=max_log_scale,
+        self.set_mechanism(
+            FlowImageMechanism(
+                self.graph,
+                self.image_shape,
+                logit_alpha,
+                scales=scales,
+                steps=steps,
+                hidden=hidden,
+                max_log_scale=max_log_scale,
+            )
         )
 
-    # -- training ------------------------------------------------------------------------------
-    def nll(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
-        """Negative log-likelihood of the 8-bit images in nats, ``(B,)``: with uniform
-        dequantisation, an upper bound (in expectation) of ``-log P(x)``."""
-        u, logdet = self.flow(x, self.parents(pa), offset=torch.rand_like(x))
-        dims = u.shape[1]
-        log_prior = -0.5 * (u**2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
-        # The density of y in [0, 1)^D becomes one of the 8-bit values by y = (k + d) / 256.
-        return -(log_prior + logdet) + dims * math.log(_LEVELS)
-
-    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        x = batch["x"]
-        nll = self.nll(x, batch["pa"]).mean()
-        dims = x[0].numel()
-        # Per-dimension units keep the learning rate independent of the image size.
-        return nll / dims, {"bpd": nll / (dims * math.log(2))}
-
-    # -- the three steps -----------------------------------------------------------------------
-    def abduct_image(self, x: Tensor, pa: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        u, _ = self.flow(x, self.parents(pa))
-        return {"u": u}
-
-    def predict(self, noise: Exogenous, pa: Mapping[str, Tensor]) -> Tensor:
-        if "u" not in noise.image:
-            raise ValueError(
-                f"{type(self).__name__} needs the noise 'u' abducted by a flow, got "
-                f"{sorted(noise.image)}"
-            )
-        return self.flow.inverse(noise.image["u"], self.parents(pa)).clamp(0.0, 1.0)
-
-    # -- numerics ------------------------------------------------------------------------------
-    @torch.no_grad()
     def check_invertibility(
         self, x: Tensor, pa: Mapping[str, Tensor], dtype: torch.dtype = torch.float64
     ) -> float:
-        """Max absolute error of ``f^-1(f(x))`` on [0, 1], run in a ``dtype`` copy of the flow.
-
-        Counterfactuals run in float32 (error ~1e-6); in float64 the error is ~1e-14, which proves
-        the inverse is exact and that float32 rounding is the only error.
-        """
+        """See :meth:`FlowImageMechanism.check_invertibility`."""
         x, pa = self.check_inputs(x, pa)
-        flow = copy.deepcopy(self.flow).to(dtype)
-        context = self.parents(pa).to(dtype)
-        x = x.to(dtype)
-        u, _ = flow(x, context)
-        return (flow.inverse(u, context) - x).abs().max().item()
+        return self.mechanism.check_invertibility(x, pa, dtype)

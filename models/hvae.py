@@ -19,32 +19,28 @@ temperature enters abduction only; prediction reuses ``u`` unscaled, so one nois
 image. With ``residual=True`` each pixel's residual about the decoder mean is kept too (as in
 :mod:`models.vae`).
 
-Counterfactual training (``cf_finetune``; Ribeiro et al., Sec. 3.3): a second stage that starts
-from a trained HVAE and minimises the anti-causal predictors' loss on counterfactuals, subject to
-the ELBO staying within ``elbo_slack`` of its pre-trained value; the constraint's Lagrange
-multiplier is updated by gradient ascent.
+Counterfactual fine-tuning (``cf_finetune``; Ribeiro et al., Sec. 3.3) is the task every family
+shares (:class:`~models.base.FineTuning`): ``experiment=hvae_cf_morphomnist``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import CounterfactualModel, Exogenous, read_checkpoint
+from models.base import CounterfactualModel, ImageMechanism
 from models.nn.blocks import Bottleneck
 from models.nn.conditioning import ParentEncoder
 from models.nn.gaussian import LOG_SD_RANGE
-from models.nn.likelihoods import DiscretizedGaussian, from_signed, to_signed
+from models.nn.likelihoods import DiscretizedGaussian, to_signed
 
-__all__ = ["HierarchicalVAE"]
-
-log = logging.getLogger(__name__)
+__all__ = ["HVAEMechanism", "HVAENoise", "HierarchicalVAE"]
 
 
 def _parent_map(pa_vector: Tensor, like: Tensor) -> Tensor:
@@ -125,22 +121,49 @@ class LatentLevel(nn.Module):
         return self.block(h), out
 
 
-class Ladder(nn.Module):
-    """Encoder, top-down decoder and output head: the networks the EMA averages."""
+@dataclass
+class HVAENoise:
+    """The image's exogenous noise under the hierarchical VAE.
+
+    Attributes:
+        levels: per stochastic level, coarse to fine, ``u_l = (z_l - mu_p,l) / sigma_p,l``.
+        residual: the pixel residual about the decoder mean, or ``None``.
+    """
+
+    levels: list[Tensor]
+    residual: dict[str, Tensor] | None = None
+
+
+class HVAEMechanism(ImageMechanism):
+    """Encoder, top-down decoder and output head (the networks the EMA averages), and the three
+    steps, as a plain module.
+
+    Args:
+        graph: the causal graph (its image parents condition every level).
+        image_shape: ``(C, H, W)``.
+        width, levels, z_channels, cond_prior, encoder_blocks, patch, beta, temperature,
+            residual: see :class:`HierarchicalVAE`.
+    """
 
     def __init__(
         self,
-        channels: int,
-        image_size: int,
+        graph,
+        image_shape: Sequence[int],
         width: int,
         levels: Sequence[Sequence[int]],
         z_channels: int,
-        parents: int,
         cond_prior: bool,
         encoder_blocks: int,
         patch: int = 1,
+        beta: float = 1.0,
+        temperature: float = 0.0,
+        residual: bool = True,
     ):
-        super().__init__()
+        super().__init__(temperature=temperature, residual=residual)
+        channels, image_size, _ = image_shape
+        self.parents = ParentEncoder(graph, graph.image_parents)
+        parents = self.parents.dim
+        self.beta = beta
         self.levels = [(int(r), int(n)) for r, n in levels]
         latent_res = {r for r, _ in self.levels}
         top = image_size // patch
@@ -222,6 +245,39 @@ class Ladder(nn.Module):
         mean, log_scale = F.pixel_shuffle(self.head(h), self.patch).chunk(2, 1)
         return DiscretizedGaussian(mean, log_scale), outputs
 
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Negative ELBO in nats per dimension, and its parts."""
+        y = to_signed(x)
+        likelihood, kls = self.top_down(self.parents(pa), "train", acts=self.encode(y))
+        nll = -likelihood.log_prob(y).flatten(1).sum(1)
+        kl = torch.stack(kls).sum(0)
+        dims = x[0].numel()
+        loss = (nll + self.beta * kl).mean() / dims
+        return loss, {"bpd": (nll + kl).mean() / (dims * math.log(2)), "kl": kl.mean()}
+
+    def abduct(
+        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> HVAENoise:
+        y = to_signed(x)
+        context = self.parents(pa)
+        _, levels = self.top_down(context, "abduct", acts=self.encode(y), temperature=temperature)
+        if not residual:
+            return HVAENoise(levels)
+        # the residual about the image the abducted noise decodes to under the same attributes
+        decoded, _ = self.top_down(context, "predict", noise=levels)
+        return HVAENoise(levels, decoded.noise(y))
+
+    def predict(
+        self,
+        noise: HVAENoise,
+        pa: Mapping[str, Tensor],
+        intervened: frozenset[str],
+        temperature: float,
+        residual: bool,
+    ) -> Tensor:
+        likelihood, _ = self.top_down(self.parents(pa), "predict", noise=noise.levels)
+        return likelihood.image(noise.residual or {}, residual)
+
 
 class HierarchicalVAE(CounterfactualModel):
     """Hierarchical VAE behind the counterfactual interface.
@@ -241,13 +297,9 @@ class HierarchicalVAE(CounterfactualModel):
         beta: weight of the KL term.
         temperature: default posterior temperature in abduction (0: the posterior mean).
         residual: default for keeping the pixel residual as noise.
-        cf_finetune: counterfactual-training settings, or ``None`` for ordinary training:
-            ``init_ckpt`` (the pre-trained HVAE), ``predictor_ckpt`` (``None``: the cached judge
-            of the dataset), ``elbo_slack`` (nats per dimension the ELBO may lose),
-            ``lagrange_lr`` and ``lagrange_init``.
+        cf_finetune: counterfactual fine-tuning settings (:class:`~models.base.FineTuning`), or
+            ``None`` for the ELBO.
     """
-
-    options = ("temperature", "residual")
 
     def __init__(
         self,
@@ -281,156 +333,21 @@ class HierarchicalVAE(CounterfactualModel):
             weight_decay=weight_decay,
             ema_decay=ema_decay,
             skip_grad_norm=skip_grad_norm,
+            cf_finetune=cf_finetune,
         )
         self.save_hyperparameters()
-        channels, size, _ = self.image_shape
-        self.parents = ParentEncoder(self.graph, self.graph.image_parents)
-        self.net = Ladder(
-            channels,
-            size,
-            width,
-            levels,
-            z_channels,
-            self.parents.dim,
-            cond_prior,
-            encoder_blocks,
-            patch,
-        )
-        self.beta = beta
-        self.cf_finetune = dict(cf_finetune) if cf_finetune else None
-        self.register_buffer(
-            "lagrange", torch.tensor(float((cf_finetune or {}).get("lagrange_init", 1.0)))
-        )
-        self.register_buffer("elbo_target", torch.tensor(float("nan")))
-        # The frozen predictor of counterfactual training: kept out of the module tree, so it is
-        # neither trained nor saved in this model's checkpoints.
-        self.__dict__["_judge"] = None
-        self.setup_ema()
-
-    # -- training -------------------------------------------------------------------------------
-    def elbo_loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Negative ELBO in nats per dimension, and its parts."""
-        net = self.mechanism
-        y = to_signed(x)
-        likelihood, kls = net.top_down(self.parents(pa), "train", acts=net.encode(y))
-        nll = -likelihood.log_prob(y).flatten(1).sum(1)
-        kl = torch.stack(kls).sum(0)
-        dims = x[0].numel()
-        loss = (nll + self.beta * kl).mean() / dims
-        return loss, {"bpd": (nll + kl).mean() / (dims * math.log(2)), "kl": kl.mean()}
-
-    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, logs = self.elbo_loss(batch["x"], batch["pa"])
-        if self.cf_finetune is None or not self.training:
-            return loss, logs
-        return self._counterfactual_training_loss(batch, loss, logs)
-
-    # -- the three steps ------------------------------------------------------------------------
-    def abduct_image(
-        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
-    ) -> dict[str, Tensor]:
-        net = self.mechanism
-        y = to_signed(x)
-        likelihood, noise = net.top_down(
-            self.parents(pa), "abduct", acts=net.encode(y), temperature=temperature
-        )
-        out = {f"u{i}": u for i, u in enumerate(noise)}
-        if residual:
-            # the residual about the image the abducted noise decodes to under the same attributes
-            decoded, _ = net.top_down(self.parents(pa), "predict", noise=noise)
-            out.update(decoded.noise(y))
-        return out
-
-    def _decode(self, noise: Mapping[str, Tensor], pa: Mapping[str, Tensor]) -> DiscretizedGaussian:
-        levels = [noise[f"u{i}"] for i in range(sum(n for _, n in self.mechanism.levels))]
-        likelihood, _ = self.mechanism.top_down(self.parents(pa), "predict", noise=levels)
-        return likelihood
-
-    def predict(
-        self, noise: Exogenous, pa: Mapping[str, Tensor], temperature: float, residual: bool
-    ) -> Tensor:
-        return self._decode(noise.image, pa).image(noise.image, residual)
-
-    # -- counterfactual training ----------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage != "fit" or self.cf_finetune is None:
-            return
-        settings = self.cf_finetune
-        if not settings.get("init_ckpt"):
-            raise ValueError(
-                "counterfactual training needs model.cf_finetune.init_ckpt=PATH (a trained HVAE)"
+        self.set_mechanism(
+            HVAEMechanism(
+                self.graph,
+                self.image_shape,
+                width,
+                levels,
+                z_channels,
+                cond_prior,
+                encoder_blocks,
+                patch,
+                beta,
+                temperature,
+                residual,
             )
-        state = read_checkpoint(settings["init_ckpt"])["state_dict"]
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if [k for k in missing if k not in ("lagrange", "elbo_target")] or unexpected:
-            raise ValueError(
-                f"{settings['init_ckpt']} does not fit this HVAE: missing {missing}, unexpected {unexpected}"
-            )
-        self.scm.requires_grad_(False)  # the attribute mechanisms stay as pre-trained
-        from metrics.judges import load_or_train_predictor  # the judges live with the metrics
-
-        datamodule = self.trainer.datamodule
-        judge, source = load_or_train_predictor(
-            datamodule, ckpt_path=settings.get("predictor_ckpt")
         )
-        self.__dict__["_judge"] = judge.requires_grad_(False).eval()
-        log.info("Counterfactual training against the predictor %s", source)
-        with torch.no_grad():  # the ELBO to keep: the pre-trained model's on training batches
-            losses = [
-                self.elbo_loss(b["x"], b["pa"])[0]
-                for _, b in zip(range(8), datamodule.train_dataloader())
-            ]
-        self.elbo_target.fill_(
-            torch.stack(losses).mean().item() + float(settings.get("elbo_slack", 0.005))
-        )
-
-    def counterfactual_loss(self, batch: Mapping[str, Any], judge) -> Tensor:
-        """The judge's loss on differentiable counterfactuals of one random intervention.
-
-        One attribute per call, its values drawn from the batch's marginal; the descendants follow
-        the (frozen) attribute SCM. The counterfactual is the decoder mean under the new
-        attributes from the abducted posterior means (no pixel residual, which would carry the
-        factual pixels). Every attribute is scored, so preserving the non-intervened ones counts.
-        Only the decoder learns from this loss: abduction runs without gradients.
-        """
-        x, pa = batch["x"], batch["pa"]
-        # one attribute per step, its values drawn from the batch's marginal
-        name = self.graph.names[int(torch.randint(len(self.graph.names), ()))]
-        with torch.no_grad():
-            target = self.scm.act(pa, {name: pa[name][torch.randperm(len(x), device=x.device)]})
-        judge = judge.to(x.device)
-        net = self.net
-        # Abduction is inference, trained by the ELBO alone: letting the judge's loss reach the
-        # encoder would bend the posterior towards whatever latents fool the judge.
-        with torch.no_grad():
-            noise = net.top_down(
-                self.parents(pa), "abduct", acts=net.encode(to_signed(x)), temperature=0.0
-            )[1]
-        counterfactual, _ = net.top_down(self.parents(target), "predict", noise=noise)
-        raw = judge._raw(from_signed(counterfactual.expected))
-        cf_losses = []
-        for variable in self.graph.variables:
-            output = raw[variable.name]
-            if variable.is_continuous:
-                cf_losses.append(
-                    (output.squeeze(-1) - variable.normalise(target[variable.name])).abs().mean()
-                )
-            else:
-                cf_losses.append(F.cross_entropy(output, target[variable.name].long()))
-        return torch.stack(cf_losses).sum()
-
-    def _counterfactual_training_loss(
-        self, batch: Mapping[str, Any], elbo: Tensor, logs: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The Lagrangian: judge loss + multiplier * (ELBO loss - its allowed value)."""
-        cf_loss = self.counterfactual_loss(batch, self._judge)
-        violation = elbo - self.elbo_target
-        with torch.no_grad():  # gradient ascent on the multiplier, kept >= 0
-            self.lagrange.add_(float(self.cf_finetune.get("lagrange_lr", 0.1)) * violation).clamp_(
-                min=0.0
-            )
-        loss = cf_loss + self.lagrange * violation
-        logs.update(
-            cf_loss=cf_loss, lagrange=self.lagrange.clone(), elbo_violation=violation.detach()
-        )
-        return loss, logs

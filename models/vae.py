@@ -26,25 +26,115 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from models.base import CounterfactualModel, Exogenous
+from models.base import CounterfactualModel, ImageMechanism
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvDecoder, ConvEncoder
 from models.nn.gaussian import standard_normal_kl
 from models.nn.likelihoods import DiscretizedGaussian, to_signed
 
-__all__ = ["ConditionalVAE"]
+__all__ = ["ConditionalVAE", "VAEMechanism", "VAENoise"]
+
+
+@dataclass
+class VAENoise:
+    """The image's exogenous noise under the conditional VAE.
+
+    Attributes:
+        z: ``(B, latent_dim)`` posterior latent.
+        residual: the pixel residual about the decoder mean with that mean and scale
+            (:meth:`~models.nn.likelihoods.DiscretizedGaussian.noise`), or ``None``.
+    """
+
+    z: Tensor
+    residual: dict[str, Tensor] | None = None
+
+
+class VAEMechanism(ImageMechanism):
+    """Encoder ``q(z | x, pa)`` and decoder ``p(x | z, pa)``: the conditional VAE's networks and
+    its three steps, as a plain module.
+
+    Args:
+        graph: the causal graph (its image parents condition both networks).
+        image_shape: ``(C, H, W)``.
+        latent_dim, widths, hidden, beta, temperature, residual: see :class:`ConditionalVAE`.
+    """
+
+    def __init__(
+        self,
+        graph,
+        image_shape: Sequence[int],
+        latent_dim: int = 16,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 256,
+        beta: float = 1.0,
+        temperature: float = 0.0,
+        residual: bool = True,
+    ):
+        super().__init__(temperature=temperature, residual=residual)
+        channels, size, _ = image_shape
+        self.parents = ParentEncoder(graph, graph.image_parents)
+        self.encoder = ConvEncoder(channels, widths, size, hidden)
+        self.posterior = nn.Sequential(
+            nn.SiLU(),
+            nn.Linear(hidden + self.parents.dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+        self.decoder = ConvDecoder(latent_dim + self.parents.dim, widths, size, 2 * channels)
+        self.latent_dim = latent_dim
+        self.beta = beta
+
+    def encode(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-sd of ``z``."""
+        h = torch.cat([self.encoder(to_signed(x)), self.parents(pa)], -1)
+        mean, log_sd = self.posterior(h).chunk(2, -1)
+        return mean, log_sd.clamp(-8.0, 4.0)
+
+    def decode(self, z: Tensor, pa: Mapping[str, Tensor]) -> DiscretizedGaussian:
+        mean, log_scale = self.decoder(torch.cat([z, self.parents(pa)], -1)).chunk(2, 1)
+        return DiscretizedGaussian(mean, log_scale)
+
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The negative ELBO per dimension (``beta``-weighted KL)."""
+        mean, log_sd = self.encode(x, pa)
+        z = mean + log_sd.exp() * torch.randn_like(mean)
+        nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
+        kl = standard_normal_kl(mean, log_sd)
+        dims = x[0].numel()
+        # Per-dimension units keep the learning rate independent of the image size.
+        loss = (nll + self.beta * kl).mean() / dims
+        bits_per_dim = (nll + kl).mean() / (dims * math.log(2))
+        return loss, {"bpd": bits_per_dim, "kl": kl.mean()}
+
+    def abduct(
+        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> VAENoise:
+        mean, log_sd = self.encode(x, pa)
+        z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
+        return VAENoise(z, self.decode(z, pa).noise(to_signed(x)) if residual else None)
+
+    def predict(
+        self,
+        noise: VAENoise,
+        pa: Mapping[str, Tensor],
+        intervened: frozenset[str],
+        temperature: float,
+        residual: bool,
+    ) -> Tensor:
+        return self.decode(noise.z, pa).image(noise.residual or {}, residual)
 
 
 class ConditionalVAE(CounterfactualModel):
-    """Conditional VAE behind the counterfactual interface.
+    """The conditional VAE's mechanism (:class:`VAEMechanism`) behind the counterfactual interface.
 
     Args:
-        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay: see
+        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, cf_finetune: see
             :class:`~models.base.CounterfactualModel`.
         latent_dim: size of ``z``.
         widths: channels of the encoder's stride-2 stages (mirrored by the decoder).
@@ -53,8 +143,6 @@ class ConditionalVAE(CounterfactualModel):
         temperature: default scale of the posterior's sd when abducting ``z`` (0: its mean).
         residual: default for keeping the pixel residual as noise.
     """
-
-    options = ("temperature", "residual")
 
     def __init__(
         self,
@@ -71,6 +159,7 @@ class ConditionalVAE(CounterfactualModel):
         scm_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        cf_finetune: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             graph,
@@ -80,57 +169,18 @@ class ConditionalVAE(CounterfactualModel):
             scm_weight=scm_weight,
             lr=lr,
             weight_decay=weight_decay,
+            cf_finetune=cf_finetune,
         )
         self.save_hyperparameters()
-        channels, size, _ = self.image_shape
-        self.parents = ParentEncoder(self.graph, self.graph.image_parents)
-        self.encoder = ConvEncoder(channels, widths, size, hidden)
-        self.posterior = nn.Sequential(
-            nn.SiLU(),
-            nn.Linear(hidden + self.parents.dim, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, 2 * latent_dim),
+        self.set_mechanism(
+            VAEMechanism(
+                self.graph,
+                self.image_shape,
+                latent_dim,
+                widths,
+                hidden,
+                beta,
+                temperature,
+                residual,
+            )
         )
-        self.decoder = ConvDecoder(latent_dim + self.parents.dim, widths, size, 2 * channels)
-        self.latent_dim = latent_dim
-        self.beta = beta
-
-    # -- networks ------------------------------------------------------------------------------
-    def encode(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-sd of ``z``."""
-        h = torch.cat([self.encoder(to_signed(x)), self.parents(pa)], -1)
-        mean, log_sd = self.posterior(h).chunk(2, -1)
-        return mean, log_sd.clamp(-8.0, 4.0)
-
-    def decode(self, z: Tensor, pa: Mapping[str, Tensor]) -> DiscretizedGaussian:
-        mean, log_scale = self.decoder(torch.cat([z, self.parents(pa)], -1)).chunk(2, 1)
-        return DiscretizedGaussian(mean, log_scale)
-
-    # -- training ------------------------------------------------------------------------------
-    def image_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        x, pa = batch["x"], batch["pa"]
-        mean, log_sd = self.encode(x, pa)
-        z = mean + log_sd.exp() * torch.randn_like(mean)
-        nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
-        kl = standard_normal_kl(mean, log_sd)
-        dims = x[0].numel()
-        # Per-dimension units keep the learning rate independent of the image size.
-        loss = (nll + self.beta * kl).mean() / dims
-        bits_per_dim = (nll + kl).mean() / (dims * math.log(2))
-        return loss, {"bpd": bits_per_dim, "kl": kl.mean()}
-
-    # -- the three steps -----------------------------------------------------------------------
-    def abduct_image(
-        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
-    ) -> dict[str, Tensor]:
-        mean, log_sd = self.encode(x, pa)
-        z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
-        noise = {"z": z}
-        if residual:
-            noise.update(self.decode(z, pa).noise(to_signed(x)))
-        return noise
-
-    def predict(
-        self, noise: Exogenous, pa: Mapping[str, Tensor], temperature: float, residual: bool
-    ) -> Tensor:
-        return self.decode(noise.image["z"], pa).image(noise.image, residual)

@@ -94,7 +94,6 @@ def _check_steps(steps: int, total: int) -> int:
     return int(steps)
 
 
-@torch.no_grad()
 def ddim_sample(model_fn: ModelFn, x_T: Tensor, sampler: DDIMScheduler, steps: int) -> Tensor:
     """Run ``steps`` deterministic DDIM steps (``eta = 0``) from ``x_T`` to the clean end."""
     sampler.set_timesteps(_check_steps(steps, sampler.config.num_train_timesteps))

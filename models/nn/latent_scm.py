@@ -94,42 +94,41 @@ class LatentSCM(nn.Module):
                 )
         return out
 
+    def rest(self, blocks: Mapping[str, Tensor], pa: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each block's sample-specific rest ``z_k - g_k(value)``: its part of the image noise."""
+        return {name: block - self.embedding(name, pa[name]) for name, block in blocks.items()}
+
     def act(
         self,
         blocks: Mapping[str, Tensor],
+        rest: Mapping[str, Tensor],
         pa: Mapping[str, Tensor],
-        intervened: Mapping[str, Tensor],
-        factual: Mapping[str, Tensor],
+        intervened: frozenset[str],
     ) -> dict[str, Tensor]:
         """The counterfactual blocks.
 
-        An intervened block trades its value's embedding for the new value's,
-        ``z_k + g_k(new) - g_k(factual)``: the block's sample-specific rest stays, and the
-        embedding's systematic error cancels. A block downstream of an intervened one is
-        recomputed by its mechanism with its abducted residual; the others stay as they are.
+        An intervened block becomes ``g_k(new value) + rest_k``: its sample-specific rest stays,
+        and the embedding's systematic error cancels (the null intervention gives ``z_k`` back).
+        A block downstream of an intervened one is recomputed by its mechanism with its abducted
+        residual; the others stay as they are.
 
         Args:
             blocks: the abducted blocks.
+            rest: the blocks' rests from :meth:`rest` under the factual attributes.
             pa: the counterfactual attributes.
-            intervened: name -> ``(B,)`` bool, where that attribute was intervened on.
-            factual: the factual attributes.
+            intervened: the attributes ``do`` set (not those the attribute SCM recomputed).
         """
         out: dict[str, Tensor] = {}
-        moved: dict[str, Tensor] = {}
+        moved: set[str] = set()
         for v in self.variables:
             name = v.name
-            hit = intervened[name]
-            downstream = torch.zeros_like(hit)
-            for parent in self.parents[name]:
-                downstream = downstream | moved[parent]
             block = blocks[name]
-            if downstream.any():
+            if name in intervened:
+                block = rest[name] + self.embedding(name, pa[name])
+                moved.add(name)
+            elif moved.intersection(self.parents[name]):
                 residual = block - self.mechanism(name, blocks)
-                recomputed = self.mechanism(name, out) + residual
-                block = torch.where(downstream[:, None], recomputed, block)
-            if hit.any():
-                shift = self.embedding(name, pa[name]) - self.embedding(name, factual[name])
-                block = torch.where(hit[:, None], blocks[name] + shift, block)
+                block = self.mechanism(name, out) + residual
+                moved.add(name)
             out[name] = block
-            moved[name] = hit | downstream
         return out

@@ -65,15 +65,15 @@ def test_inversion_then_sampling_reconstructs_the_input(trained, test_batch):
     # the fixed-point refinement makes the inversion more exact
     assert errors[5].mean() < errors[0].mean() / 2
     noise = trained.abduct(x, pa, steps=2)
-    assert sorted(noise.image) == ["latent", "x_T"]  # (causal mode: also the factual attributes)
-    assert noise.image["x_T"].shape == x.shape and noise.image["latent"].shape == (len(x), 4)
+    assert noise.image.block_rest is None  # (causal mode: each block's rest)
+    assert noise.image.x_T.shape == x.shape and noise.image.latent.shape == (len(x), 4)
 
 
 def test_abduction_is_deterministic(trained, test_batch):
     x, pa = test_batch["x"], test_batch["pa"]
     first, second = trained.abduct(x, pa, steps=2), trained.abduct(x, pa, steps=2)
-    assert torch.equal(first.image["x_T"], second.image["x_T"])
-    assert torch.equal(first.image["latent"], second.image["latent"])
+    assert torch.equal(first.image.x_T, second.image.x_T)
+    assert torch.equal(first.image.latent, second.image.latent)
 
 
 def test_guidance_scale_changes_the_counterfactual(trained, test_batch, monkeypatch):
@@ -107,7 +107,7 @@ def test_checkpoint_restores_the_schedulers(morpho, test_batch, tmp_path):
     loaded = load_model(save_checkpoint(model, tmp_path / "diffae.ckpt"))
     assert isinstance(loaded, DiffusionAutoencoder)
     for name in ("train_scheduler", "sampler", "inverter"):
-        before, after = getattr(model, name), getattr(loaded, name)
+        before, after = getattr(model.net, name), getattr(loaded.net, name)
         assert dict(before.config) == dict(after.config), name
         assert after.config.num_train_timesteps == 500
         assert torch.equal(before.alphas_cumprod, after.alphas_cumprod)
@@ -138,21 +138,21 @@ def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
     outputs = net.encoder(y)
     size, semantic = net.latent_size, net.semantic_dim
     assert outputs.shape == (len(x), size + semantic)  # latent, then the semantic log-sd
-    mean, kl = model._encode(net, y, sample=False)
+    mean, kl = net.encode(y, sample=False)
     assert torch.equal(mean, outputs[:, :size])
     log_sd = outputs[:, size:]
     expected = 0.5 * (mean[:, -semantic:] ** 2 + (2 * log_sd).exp() - 1 - 2 * log_sd).sum(1)
     torch.testing.assert_close(kl, expected)
-    drawn, _ = model._encode(net, y, sample=True)
+    drawn, _ = net.encode(y, sample=True)
     assert torch.equal(drawn[:, : size - semantic], mean[:, : size - semantic])  # blocks: no noise
     assert (drawn[:, -semantic:] - mean[:, -semantic:]).abs().min() > 0
     # abduction takes the mean: deterministic, and its latent is the posterior mean
     model.eval()
     noise = model.abduct(x, pa, steps=2)
-    torch.testing.assert_close(noise.image["latent"], mean)
+    torch.testing.assert_close(noise.image.latent, mean)
     torch.manual_seed(1)
     with torch.no_grad():
-        loss, logs = model.image_loss(test_batch)
+        loss, logs = model.mechanism.loss(test_batch["x"], test_batch["pa"])
     assert "semantic_kl" in logs and torch.isclose(logs["semantic_kl"], kl.mean())
     assert loss > logs["mse"]
 
@@ -162,9 +162,9 @@ def test_checkpoints_from_before_the_bottleneck_load_without_it(morpho, tmp_path
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["hyper_parameters"]["semantic_kl"]  # as written before the option existed
     torch.save(checkpoint, path)
-    assert load_model(path).semantic_kl == 0.0
+    assert load_model(path).net.semantic_kl == 0.0
     bottleneck = load_model(save_checkpoint(build(morpho, semantic_kl=0.01), tmp_path / "new.ckpt"))
-    assert bottleneck.semantic_kl == 0.01
+    assert bottleneck.net.semantic_kl == 0.01
 
 
 def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
@@ -185,27 +185,24 @@ def test_causal_blocks_follow_the_graph(causal, test_batch):
     x, pa = test_batch["x"], test_batch["pa"]
     latent_scm = causal.mechanism.latent_scm
     noise = causal.abduct(x, pa)
-    blocks, _ = latent_scm.split(noise.image["latent"])
+    blocks, _ = latent_scm.split(noise.image.latent)
+    rest = noise.image.block_rest
     assert set(blocks) == {"thickness", "intensity", "digit"}
 
-    # do(intensity): only the intensity block moves, set from the intervened value
+    # do(intensity): only the intensity block moves, by the change of its value's embedding
     target = causal.scm.act(pa, {"intensity": 200.0}, noise.attributes)
-    hit = causal.intervened(noise, target)
-    assert hit["intensity"].all() and not hit["thickness"].any() and not hit["digit"].any()
-    new = latent_scm.act(blocks, target, hit, pa)
+    new = latent_scm.act(blocks, rest, target, frozenset({"intensity"}))
     assert torch.equal(new["thickness"], blocks["thickness"])
     assert torch.equal(new["digit"], blocks["digit"])
     shift = latent_scm.embedding("intensity", target["intensity"]) - latent_scm.embedding(
         "intensity", pa["intensity"]
     )
-    assert torch.allclose(new["intensity"], blocks["intensity"] + shift)
+    assert torch.allclose(new["intensity"], blocks["intensity"] + shift, atol=1e-6)
     assert shift.abs().max() > 1e-4
 
     # do(thickness): intensity is recomputed by the SCM, so its block follows the block mechanism
     target = causal.scm.act(pa, {"thickness": lambda t: t + 1}, noise.attributes)
-    hit = causal.intervened(noise, target)
-    assert hit["thickness"].all() and not hit["intensity"].any()
-    new = latent_scm.act(blocks, target, hit, pa)
+    new = latent_scm.act(blocks, rest, target, frozenset({"thickness"}))
     residual = blocks["intensity"] - latent_scm.mechanism("intensity", blocks)
     assert torch.allclose(
         new["intensity"], latent_scm.mechanism("intensity", new) + residual, atol=1e-6
@@ -214,23 +211,45 @@ def test_causal_blocks_follow_the_graph(causal, test_batch):
     assert torch.equal(new["digit"], blocks["digit"])
 
     # the null intervention intervenes on nothing and keeps every block
-    hit = causal.intervened(noise, pa)
-    assert not any(h.any() for h in hit.values())
-    assert all(torch.equal(latent_scm.act(blocks, pa, hit, pa)[k], blocks[k]) for k in blocks)
+    assert all(
+        torch.equal(latent_scm.act(blocks, rest, pa, frozenset())[k], blocks[k]) for k in blocks
+    )
 
-    # counterfactual() abducts only the recomputed attributes' noise: the same intervened sets
-    lazy = causal.counterfactual(x, pa, {"thickness": lambda t: t + 1})
-    assert set(lazy.noise.attributes) == {"intensity"}
-    hit = causal.intervened(lazy.noise, lazy.parents)
-    assert hit["thickness"].all() and not hit["intensity"].any() and not hit["digit"].any()
-    full = causal.predict(noise, target, **causal.option_defaults())
-    assert torch.allclose(lazy.image, full, atol=1e-5)
+
+def test_causal_do_reaches_the_latent_scm_without_guessing(causal, test_batch, monkeypatch):
+    """``counterfactual`` tells prediction what ``do`` set: a descendant that the attribute SCM
+    recomputed (intensity under do(thickness)) is never treated as intervened, even where its
+    recomputed value breaks its own mechanism (as a far-off value would)."""
+    x, pa = test_batch["x"], test_batch["pa"]
+    latent_scm = causal.mechanism.latent_scm
+    seen = []
+    act = latent_scm.act
+
+    def recording(blocks, rest, target, intervened):
+        seen.append(intervened)
+        return act(blocks, rest, target, intervened)
+
+    monkeypatch.setattr(latent_scm, "act", recording)
+    cf = causal.counterfactual(x, pa, {"thickness": lambda t: t + 1})
+    assert seen == [frozenset({"thickness"})]
+    assert set(cf.noise.attributes) == {"intensity"}  # recomputed, from its abducted noise
+    assert not torch.equal(cf.parents["intensity"], pa["intensity"])
+    # an intervention on both names both, whatever their values
+    causal.counterfactual(x, pa, {"thickness": pa["thickness"], "intensity": 200.0})
+    assert seen[-1] == frozenset({"thickness", "intensity"})
+    # the counterfactual's image is the one the latent SCM's answer decodes to
+    monkeypatch.setattr(latent_scm, "act", act)
+    noise = causal.abduct(x, pa)
+    full = causal.mechanism.predict(
+        noise.image, cf.parents, frozenset({"thickness"}), **causal.option_defaults()
+    )
+    assert torch.allclose(cf.image, full, atol=1e-5)
 
 
 def test_causal_training_supervises_the_blocks(causal, test_batch):
     causal.train()
     try:
-        _, logs = causal.image_loss(test_batch)
+        _, logs = causal.mechanism.loss(test_batch["x"], test_batch["pa"])
     finally:
         causal.eval()
     assert {"head_thickness", "head_intensity", "head_digit", "mechanism_intensity"} <= set(logs)

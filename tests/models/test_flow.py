@@ -105,8 +105,8 @@ def test_abduction_is_deterministic_and_exactly_invertible(morpho, test_batch):
     model = tiny(morpho).eval()
     x, pa = test_batch["x"], test_batch["pa"]
     noise = model.abduct(x, pa)
-    assert torch.equal(noise.image["u"], model.abduct(x, pa).image["u"])
-    assert noise.image["u"].shape == (len(x), x[0].numel())
+    assert torch.equal(noise.image.u, model.abduct(x, pa).image.u)
+    assert noise.image.u.shape == (len(x), x[0].numel())
     assert model.check_invertibility(x, pa) < 1e-8  # float64: the inverse is exact
     assert model.check_invertibility(x, pa, dtype=torch.float32) < 1e-4
 
@@ -114,17 +114,17 @@ def test_abduction_is_deterministic_and_exactly_invertible(morpho, test_batch):
 def test_bpd_is_finite_positive_and_training_lowers_it(morpho):
     model = tiny(morpho)
     batch = next(iter(morpho.train_dataloader()))
-    optimiser = torch.optim.Adam(model.flow.parameters(), lr=3e-3)
+    optimiser = torch.optim.Adam(model.net.parameters(), lr=3e-3)
 
     def bpd() -> float:
         torch.manual_seed(1)  # the same dequantisation noise each time
         with torch.no_grad():
-            return model.image_loss(batch)[1]["bpd"].item()
+            return model.net.loss(batch["x"], batch["pa"])[1]["bpd"].item()
 
     before = bpd()
     assert math.isfinite(before) and 0 < before < 16
     for _ in range(10):
-        loss, _ = model.image_loss(batch)
+        loss, _ = model.net.loss(batch["x"], batch["pa"])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -134,7 +134,7 @@ def test_bpd_is_finite_positive_and_training_lowers_it(morpho):
 def test_save_load_round_trip(morpho, test_batch, tmp_path):
     model = tiny(morpho)
     with torch.no_grad():
-        for parameter in model.flow.parameters():  # the couplings start as the identity
+        for parameter in model.net.parameters():  # the couplings start as the identity
             parameter.add_(0.01 * torch.randn_like(parameter))
     save_checkpoint(model, tmp_path / "flow.ckpt")
     loaded = load_model(tmp_path / "flow.ckpt")

@@ -11,8 +11,8 @@ def test_residual_off_returns_the_decoder_mean(morpho, test_batch):
     model = FAMILIES["vae"][0](morpho).eval()
     cf = model.counterfactual(test_batch["x"], test_batch["pa"], {}, residual=False)
     with torch.no_grad():
-        mean, _ = model.encode(test_batch["x"], test_batch["pa"])
-        decoded = (model.decode(mean, test_batch["pa"]).expected + 1) / 2
+        mean, _ = model.net.encode(test_batch["x"], test_batch["pa"])
+        decoded = (model.net.decode(mean, test_batch["pa"]).expected + 1) / 2
     assert torch.allclose(cf.image, decoded, atol=1e-6)
 
 
@@ -23,9 +23,9 @@ def test_temperature_samples_the_posterior(morpho, test_batch):
     x, pa = test_batch["x"], test_batch["pa"]
     cold = model.abduct(x, pa, temperature=0.0)
     warm = model.abduct(x, pa, temperature=1.0)
-    mean, _ = model.encode(x, pa)
-    assert torch.equal(cold.image["z"], mean)
-    assert not torch.allclose(warm.image["z"], mean)
+    mean, _ = model.net.encode(x, pa)
+    assert torch.equal(cold.image.z, mean)
+    assert not torch.allclose(warm.image.z, mean)
 
 
 def test_discretized_gaussian_is_a_distribution_over_256_levels():
