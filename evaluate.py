@@ -6,6 +6,9 @@
 
 Writes report.json (every number, the config and the checkpoint's hash), report.md (tables per
 intervention), grid.png, composition.png and effectiveness.png into the run directory.
+
+Effectiveness is scored by the held-out judge (``predictor.role=heldout``, metrics/judges.py),
+never by the judge a model was fine-tuned against; morphometry is the model-free judge.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
-from metrics.judges import load_or_train_predictor
+from metrics.judges import judge_settings, judge_source, load_or_train_predictor, same_judge
 from metrics.realism import Realism
 from metrics.report import write_report
+from metrics.rng import seeded
 from metrics.suite import SuiteSettings, intervention_variables, run_suite
 from models.base import CounterfactualModel
 from models.loading import load_model
@@ -65,11 +69,36 @@ def build_model(cfg: DictConfig, datamodule) -> CounterfactualModel:
     return model
 
 
+def check_judge(model, source: str, role: str) -> None:
+    """Refuse to score a model with the judge it was fine-tuned against.
+
+    Raises:
+        ValueError: ``source`` is the judge of ``model.trained_against``.
+    """
+    against = getattr(model, "trained_against", None)
+    if against and role == "finetune":
+        # the same recipe trained at another batch size is a sibling of the pupil's own judge
+        raise ValueError(
+            f"{type(model).__name__} was fine-tuned against a 'finetune' judge ({against}): "
+            "score it with predictor.role=heldout, or with another predictor.ckpt_path"
+        )
+    if same_judge(source, against):
+        raise ValueError(
+            f"the {role} judge {source} is the one {type(model).__name__} was fine-tuned against: "
+            "a judge that trains a model never scores it. Use predictor.role=heldout with its "
+            "default settings, or another predictor.ckpt_path"
+        )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the suite; return the report (also written to the run directory)."""
     output_dir = Path(cfg.paths.output_dir)
     ensure_writable(output_dir, "the evaluation report", "paths.log_dir (or hydra.run.dir)")
-    torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):  # the reference models' construction, reproducibly
+        return _evaluate(cfg, output_dir)
+
+
+def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     device = (
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -95,15 +124,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         intervention_variables(name, model, datamodule)
     model.resolve_options(settings.options)
 
-    predictor_cfg = OmegaConf.to_container(cfg.predictor)
+    judge = OmegaConf.to_container(cfg.predictor)
+    role, judge_ckpt = judge.pop("role"), judge.pop("ckpt_path")
+    # a judge that trains a model never scores it: refused now, before training a judge
+    check_judge(model, judge_source(datamodule, role, judge_ckpt, **judge), role)
     predictor, predictor_source = load_or_train_predictor(
-        datamodule,
-        ckpt_path=predictor_cfg.pop("ckpt_path"),
-        progress=cfg.progress,
-        epochs=predictor_cfg.pop("epochs"),
-        **predictor_cfg,
+        datamodule, role=role, ckpt_path=judge_ckpt, progress=cfg.progress, **judge
     )
     predictor = predictor.to(device)
+    judges = {
+        "effectiveness": {
+            "role": role,
+            "source": predictor_source,
+            "settings": (
+                {
+                    k: predictor.hparams.get(k)
+                    for k in ("arch", "widths", "features", "augment", "lr")
+                }
+                if judge_ckpt
+                else judge_settings(role, **judge)
+            ),
+        },
+        "morphometry": "model-free measurement (datamodule.measure_attributes)",
+        "finetuned_against": getattr(model, "trained_against", None),
+    }
     if test_images is not None:
         # N test images, evenly spaced over the split: slow models (DDIM sampling) get the full
         # suite at a lower cost. Only now: training the predictor re-runs the datamodule's setup.
@@ -121,6 +165,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         checkpoint=cfg.get("ckpt_path"),
         checkpoint_sha256=_sha256(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         predictor=predictor_source,
+        judges=judges,
         attribute_kinds={v.name: v.kind for v in datamodule.graph.variables},
         config=OmegaConf.to_container(cfg, resolve=True),
     )

@@ -1,20 +1,28 @@
 """The zoo leaderboard: every family trained under one wall-clock budget, scored by evaluate.py.
 
-    python benchmarks/zoo.py                    # vae, hvae, hvae_cf, flow + the oracle, 3 min
+    python benchmarks/zoo.py                    # vae, vae_cf, hvae, hvae_cf, flow, flow_cf + oracle
     python benchmarks/zoo.py --families vae flow --minutes 10 --seeds 3
+    python benchmarks/zoo.py --families vae_cf  # trains vae first when its row is missing
     python benchmarks/zoo.py --families diffae --eval-override +options.steps=5   # slow on CPU
 
 For each family (and each training seed), `python train.py model=<family>` runs on embedded
 Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
-suite scores its last checkpoint. ``hvae_cf`` is a second stage, not a budgeted run: the
-counterfactual training of experiment=hvae_cf_morphomnist, started from the same seed's ``hvae``
-checkpoint and run for that experiment's epochs; its row states the extra wall time. The oracle
-(the dataset's true SCM) is scored as the floor.
-Writes ``benchmarks/results/<machine>-<date>.md`` and ``.json``: one row per model with composition
-(m = 1, 10), reversibility, effectiveness per attribute with the predictors' floor, error against
-the true counterfactual, FID, training images/s, counterfactuals/s and peak memory, the git commit
-and the config; with ``--seeds N``, mean +- std over N training seeds. Also ``<...>-grid.png``: the
-same 8 test digits under do(thickness), do(intensity) and do(digit), one row per model.
+suite scores its last checkpoint. ``<family>_cf`` is a second stage, not a budgeted run: the
+counterfactual fine-tuning of experiment=<family>_cf_morphomnist, started from the same seed's
+``<family>`` checkpoint (trained first, and given its own row, when this commit has none) and run
+for that experiment's epochs; its row states the stage's own wall minutes and the total. Every
+seed trains and is scored on the same data (``data.seed=0``): the training seed varies the model,
+never the split, so no test digit is a training digit of another seed. The oracle (the dataset's
+true SCM) is scored as the floor.
+
+Writes ``benchmarks/results/<machine>-<date>.md`` and ``.json``: one row per model with
+effectiveness per attribute by the held-out judge and by morphometry, with both floors; the error
+against the true counterfactual; composition with the pixel residual and with the decoder alone
+(m = 1, 10); reversibility; FID; training images/s, counterfactuals/s, training minutes and peak
+memory; the git commit and the config; with ``--seeds N``, mean +- std over N training seeds.
+The held-out judge never trained a model of the table (evaluate.py refuses one that did). Also
+``<...>-grid.png``: the same 8 test digits under do(thickness), do(intensity) and do(digit), one
+row per model.
 
 Resumable: a (family, seed) whose row exists in the .json for the same commit and config is not
 re-run. ``--scaling`` adds how training time per epoch and counterfactual time per image grow with
@@ -49,14 +57,21 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 from datamodules import MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
 from metrics.figures import save_grid, visible_interventions  # noqa: E402
+from metrics.judges import ROLES  # noqa: E402
 from models import load_model  # noqa: E402
 
 #: Families that train at the CPU default in minutes and whose full suite takes minutes here.
 #: The diffusion autoencoders need ~1 UNet pass per DDIM step per counterfactual: add them with
 #: --families diffae causal_diffae (and a GPU, or --eval-override +options.steps=5).
-DEFAULT_FAMILIES = ("vae", "hvae", "hvae_cf", "flow")
-#: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides).
-STAGES = {"hvae_cf": ("hvae", ["experiment=hvae_cf_morphomnist"])}
+DEFAULT_FAMILIES = ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
+#: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides),
+#: launched with ``model.cf_finetune.init_ckpt=<that checkpoint>``.
+STAGES = {
+    f"{family}_cf": (family, [f"experiment={family}_cf_morphomnist"])
+    for family in ("vae", "hvae", "flow")
+}
+#: The training data of every row: the evaluation's (evaluate.py's data seed is its ``seed``, 0).
+DATA_SEED = 0
 ORACLE = "oracle"
 GRID_INTERVENTIONS = ("thickness", "intensity", "digit")
 
@@ -155,29 +170,43 @@ def score(workdir: Path, name: str, seed: int, overrides: list[str], model_args:
     return evaluate_script.evaluate(cfg)
 
 
+HELDOUT, MORPHOMETRY = "held-out judge", "morphometry"
+
+
 def metrics_of(report: dict) -> dict[str, float]:
-    """The leaderboard's numbers from an evaluate.py report."""
+    """The leaderboard's numbers from an evaluate.py report (NaN where a model has none)."""
     nan = float("nan")
     interventions = report["interventions"]
+    names = list(report["attribute_kinds"])
+    floor = report["floor"]
 
     def stat(intervention: str, key: str) -> float:
         result = interventions.get(intervention)
         return result[key]["mean"] if result and key in result else nan
 
-    steps = len(report["composition"]["curve_mean"])
-    out = {
-        "composition m=1": report["composition"]["m1"]["mean"],
-        f"composition m={steps}": report["composition"][f"m{steps}"]["mean"],
-    }
-    for name in report["attribute_kinds"]:
-        out[f"reversibility do({name})"] = stat(name, "reversibility/cycle1")
-    for name in report["attribute_kinds"]:
-        out[f"effectiveness do({name})"] = stat(name, f"effectiveness/{name}")
-    for name in report["attribute_kinds"]:
+    out = {}
+    for name in names:
+        out[f"effectiveness do({name}), {HELDOUT}"] = stat(name, f"effectiveness/{name}")
+    for name in names:
+        out[f"floor {name}, {HELDOUT}"] = floor["predictor"].get(name, nan)
+    measured = [name for name in names if name in floor["morphometry"]]
+    for name in measured:
+        out[f"effectiveness do({name}), {MORPHOMETRY}"] = stat(name, f"morphometry/{name}")
+    for name in measured:
+        out[f"floor {name}, {MORPHOMETRY}"] = floor["morphometry"][name]
+    for name in names:
         truth = stat(name, "truth/l1")
         if not math.isnan(truth):  # the data have the truth of this intervention
             out[f"truth L1 do({name})"] = truth
-    for name in report["attribute_kinds"]:
+    steps = len(report["composition"]["curve_mean"])
+    decoder = report.get("composition_decoder")  # only models with a pixel residual have one
+    for m in (1, steps):
+        out[f"composition m={m}"] = report["composition"][f"m{m}"]["mean"]
+    for m in (1, steps):
+        out[f"composition m={m}, decoder alone"] = decoder[f"m{m}"]["mean"] if decoder else nan
+    for name in names:
+        out[f"reversibility do({name})"] = stat(name, "reversibility/cycle1")
+    for name in names:
         out[f"FID do({name})"] = stat(name, "fid")
     return out
 
@@ -201,7 +230,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
 def _cell(stat: dict[str, float], key: str) -> str:
     if stat["n"] == 0:
         return "n/a"
-    percent = "digit" in key and "effectiveness" in key
+    percent = "digit" in key and ("effectiveness" in key or "floor" in key)  # an accuracy
     scale, suffix = (100.0, "%") if percent else (1.0, "")
     return (
         _number(scale * stat["mean"])
@@ -236,25 +265,8 @@ def markdown(results: dict, settings: dict) -> str:
             for n in names
         ]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    floor = results.get("floor", {})
+    lines += ["", notes(results, settings, models), ""]
     lines += [
-        "",
-        f"Each model trained for {settings['minutes']:g} min of wall time per seed on embedded "
-        "Morpho-MNIST (mean ± std over the training seeds listed below, when more than one), then "
-        "scored by evaluate.py on the test split. Pixel errors are on the 0-255 scale; "
-        "effectiveness is the predictors' MAE (continuous) or accuracy (digit) on the "
-        "counterfactual against its intended attributes. Predictors' floor on real test images: "
-        + ", ".join(
-            f"{k} {100 * v:.1f}%" if k == "digit" else f"{k} {v:.3g}" for k, v in floor.items()
-        )
-        + ". The oracle renders the true counterfactual: the floor of every metric."
-        + "".join(
-            f" {stage} continues the {base} checkpoint of the same seed ({' '.join(extra)});"
-            f" its training minutes include {base}'s budget."
-            for stage, (base, extra) in STAGES.items()
-            if stage in models
-        ),
-        "",
         "| model | seeds | commit | config |",
         "|---|---|---|---|",
     ]
@@ -273,6 +285,47 @@ def markdown(results: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings_text(settings: dict | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (settings or {}).items())
+
+
+def notes(results: dict, settings: dict, models: dict) -> str:
+    """The paragraph under the table: protocol, judges, floors, stages."""
+    judges = results.get("judges") or {}
+    heldout = judges.get("effectiveness") or {}
+    if not heldout:  # a table measured before the judges had roles (re-rendered)
+        return (
+            f"Each model trained for {settings['minutes']:g} min of wall time per seed on "
+            "embedded Morpho-MNIST, then scored by evaluate.py at the commits listed below, by "
+            "the one anti-causal predictor of those commits (no held-out judge yet)."
+        )
+    return (
+        f"Each model trained for {settings['minutes']:g} min of wall time per seed on embedded "
+        "Morpho-MNIST (mean ± std over the training seeds listed below, when more than one; every "
+        "seed on the same data, data.seed=0), then scored by evaluate.py on the test split. Pixel "
+        "errors are on the 0-255 scale. Effectiveness is the MAE (continuous) or accuracy (digit) "
+        "of a judge on the counterfactual against its intended attributes, by two judges: the "
+        f"held-out judge (role `{heldout.get('role', 'heldout')}`: "
+        f"{_settings_text(heldout.get('settings')) or 'see metrics/judges.py'}), which no model "
+        "here was fine-tuned against (the `_cf` stages train against the fine-tune judge: "
+        f"{_settings_text(ROLES['finetune'])}, at train.py's batch size), and morphometry, the "
+        "model-free measurement of thickness and intensity. A floor is that judge's own error on "
+        "the real test images. Composition: the null intervention applied m times, as the model "
+        "answers counterfactuals (the VAE and HVAE with their pixel residual, which makes it "
+        "exact by construction), and by the decoder alone (residual=false; n/a for a model "
+        "without a residual, such as the flow, whose composition is its mechanism's own). "
+        "FID in the held-out judge's feature space. The oracle renders the true counterfactual: "
+        "the floor of every metric."
+        + "".join(
+            f" {stage} fine-tunes the {base} checkpoint of the same seed ({' '.join(extra)});"
+            f" its training minutes are {base}'s budget plus its stage minutes (the stage's own"
+            " wall time, start-up included)."
+            for stage, (base, extra) in STAGES.items()
+            if stage in models
+        )
+    )
+
+
 def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path:
     """The same 8 test digits under do(thickness), do(intensity), do(digit): a row per model."""
     test = datamodule.test_set
@@ -286,7 +339,7 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
             truth, attrs = datamodule.true_counterfactual(batch["index"], do)
             rows.append((f"truth do({intervention[:5]})", truth, attrs))
         for name, model in models.items():
-            cf = model.counterfactual(batch["x"], batch["pa"], do)
+            cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=batch["index"])
             rows.append((f"{name} do({intervention[:5]})", cf.image, cf.parents))
     return save_grid(rows, path, "The zoo's counterfactuals of the same test digits")
 
@@ -460,13 +513,15 @@ def main(argv: list[str] | None = None) -> Path:
     commit = git_commit()
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = [f"data.data_dir={args.data_dir}"]
+    data = [f"data.data_dir={args.data_dir}", f"data.seed={DATA_SEED}"]
     if args.data_limit:
         data.append(f"data.limit={args.data_limit}")
     if args.test_images is not None and args.test_images < 1:
         parser.error(f"--test-images must be a positive number, got {args.test_images}")
     test_images = [f"test_images={args.test_images}"] if args.test_images else []
-    datamodule = MorphoMNISTDataModule(data_dir=args.data_dir, limit=args.data_limit)
+    datamodule = MorphoMNISTDataModule(
+        data_dir=args.data_dir, limit=args.data_limit, seed=DATA_SEED
+    )
     datamodule.setup()
     command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -487,78 +542,90 @@ def main(argv: list[str] | None = None) -> Path:
         json_path.write_text(json.dumps(results, indent=2))
         stem.with_suffix(".md").write_text(markdown(results, settings))
 
-    def base_checkpoint(stage: str, seed: int) -> str:
-        base = STAGES[stage][0]
-        rows = [r for r in results["models"].get(base, {}).get("rows", []) if r["seed"] == seed]
-        if not rows or not Path(rows[0].get("checkpoint", "")).is_file():
-            sys.exit(
-                f"{stage} starts from the {base} checkpoint: list {base} before it in --families"
-            )
-        return rows[0]["checkpoint"]
+    def row_of(name: str, seed: int) -> dict | None:
+        """The row of (name, seed) measured at this commit and config, if any."""
+        key = config_key(config_of(name))
+        rows = results["models"].get(name, {}).get("rows", [])
+        return next(
+            (
+                r
+                for r in rows
+                if r["seed"] == seed and r["commit"] == commit and r["config_key"] == key
+            ),
+            None,
+        )
 
-    names = [] if args.render_only else [*args.families, *([] if args.no_oracle else [ORACLE])]
-    for name in names:
-        for seed in range(args.seeds):
-            launch = (
-                [*STAGES[name][1], f"(from the {STAGES[name][0]} checkpoint)"]
-                if name in STAGES
-                else []
-            )
-            config = {
-                "train": [*(launch or [f"model={name}"]), *data, *args.train_override],
-                "evaluate": [*data, *test_images, *args.eval_override],
-                "minutes": args.minutes if name != ORACLE else 0,
-            }
-            entry = results["models"].setdefault(name, {"rows": []})
-            key = config_key(config)
-            if any(
-                r["seed"] == seed and r["commit"] == commit and r["config_key"] == key
-                for r in entry["rows"]
-            ):
-                print(f"{name} seed {seed}: already measured at this commit and config", flush=True)
-                continue
-            entry["rows"] = [r for r in entry["rows"] if r["seed"] != seed]
-            print(f"{name} seed {seed}: {'scoring' if name == ORACLE else 'training'}", flush=True)
-            row = {"seed": seed, "commit": commit, "config": config, "config_key": key}
-            if name == ORACLE:
-                report = score(workdir, name, seed, config["evaluate"], ["model=oracle"])
-                row["metrics"] = metrics_of(report)
+    def config_of(name: str) -> dict:
+        launch = (
+            [*STAGES[name][1], f"(from the {STAGES[name][0]} checkpoint)"]
+            if name in STAGES
+            else [f"model={name}"]
+        )
+        return {
+            "train": [*launch, *data, *args.train_override],
+            "evaluate": [*data, *test_images, *args.eval_override],
+            "minutes": args.minutes if name != ORACLE else 0,
+        }
+
+    def measure(name: str, seed: int, checkpoint_needed: bool = False) -> dict:
+        """Train (or not: the oracle) and score (name, seed) unless this commit has its row."""
+        nonlocal measured
+        row = row_of(name, seed)
+        if row is not None and (not checkpoint_needed or Path(row["checkpoint"]).is_file()):
+            print(f"{name} seed {seed}: already measured at this commit and config", flush=True)
+            return row
+        base_row = None
+        if name in STAGES:  # its base model first: trained now when this commit has no row of it
+            base_row = measure(STAGES[name][0], seed, checkpoint_needed=True)
+        config = config_of(name)
+        entry = results["models"].setdefault(name, {"rows": []})
+        entry["rows"] = [r for r in entry["rows"] if r["seed"] != seed]
+        print(f"{name} seed {seed}: {'scoring' if name == ORACLE else 'training'}", flush=True)
+        row = {"seed": seed, "commit": commit, "config": config, "config_key": config_key(config)}
+        if name == ORACLE:
+            report = score(workdir, name, seed, config["evaluate"], ["model=oracle"])
+            row["metrics"] = metrics_of(report)
+        else:
+            overrides = [*data, *args.train_override]
+            if base_row is not None:
+                trained = train_stage(workdir, name, seed, base_row["checkpoint"], overrides)
             else:
-                if name in STAGES:
-                    trained = train_stage(
-                        workdir,
-                        name,
-                        seed,
-                        base_checkpoint(name, seed),
-                        [*data, *args.train_override],
-                    )
-                else:
-                    trained = train_with_budget(
-                        workdir, name, seed, args.minutes, [*data, *args.train_override]
-                    )
-                report = score(
-                    workdir, name, seed, config["evaluate"], [f"ckpt_path={trained['checkpoint']}"]
-                )
-                cf_rate = counterfactuals_per_second(
-                    load_model(trained["checkpoint"]),
-                    datamodule,
-                    batch_size=min(256, args.test_images or 256),
-                )
-                row.update(trained)
-                # a second stage's minutes come on top of its base model's budget
-                minutes = args.minutes + (trained["wall_seconds"] / 60 if name in STAGES else 0)
-                row["metrics"] = {
-                    **metrics_of(report),
-                    "training minutes": minutes,
-                    "train img/s": trained["train_images_per_second"],
-                    "counterfactuals/s": cf_rate,
-                    "peak train RSS (MB)": trained["peak_train_rss_mb"],
+                trained = train_with_budget(workdir, name, seed, args.minutes, overrides)
+            report = score(
+                workdir, name, seed, config["evaluate"], [f"ckpt_path={trained['checkpoint']}"]
+            )
+            cf_rate = counterfactuals_per_second(
+                load_model(trained["checkpoint"]),
+                datamodule,
+                batch_size=min(256, args.test_images or 256),
+            )
+            row.update(trained)
+            timing = {"training minutes": args.minutes}
+            if base_row is not None:  # a stage's minutes come on top of its base model's
+                stage_minutes = trained["wall_seconds"] / 60
+                timing = {
+                    "training minutes": base_row["metrics"]["training minutes"] + stage_minutes,
+                    "stage minutes": stage_minutes,
                 }
-            row["report"] = report["files"]["json"]
-            results["floor"] = report["floor"]["predictor"]
-            entry["rows"].append(row)
-            measured = True
-            save()
+                row["base"] = {"checkpoint": base_row["checkpoint"], "commit": base_row["commit"]}
+            row["metrics"] = {
+                **metrics_of(report),
+                **timing,
+                "train img/s": trained["train_images_per_second"],
+                "counterfactuals/s": cf_rate,
+                "peak train RSS (MB)": trained["peak_train_rss_mb"],
+            }
+        row["report"] = report["files"]["json"]
+        results["floor"] = report["floor"]
+        results["judges"] = report.get("judges")
+        entry["rows"].append(row)
+        measured = True
+        save()
+        return row
+
+    for name in [] if args.render_only else [*args.families, *([] if args.no_oracle else [ORACLE])]:
+        for seed in range(args.seeds):
+            measure(name, seed)
 
     checkpoints = {
         name: entry["rows"][0]["checkpoint"]

@@ -89,13 +89,12 @@ def counterfactual_grid(model, datamodule, path: str | Path, n: int = 8) -> Path
     test = datamodule.test_set
     picks = torch.linspace(0, len(test) - 1, n).long().tolist()  # the split may be class-sorted
     batch = test.batch(picks)
-    options = {"index": batch["index"]} if "index" in model.options else {}
     model.eval()
     rows = [("factual", batch["x"], batch["pa"])]
     allowed = model.intervenable or model.graph.names
     for name, do in visible_interventions(batch["pa"], model.graph).items():
         if name in allowed:
-            cf = model.counterfactual(batch["x"], batch["pa"], do, **options)
+            cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=batch["index"])
             rows.append((f"do({name})", cf.image, cf.parents))
     title = f"{type(model).__name__} on {datamodule.name}: factual and counterfactuals"
     return save_grid(rows, path, title)

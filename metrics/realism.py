@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from metrics.rng import kept_rng
+
 
 class PredictorFeatures(nn.Module):
     """An attribute predictor's penultimate layer as a torchmetrics feature extractor."""
@@ -51,18 +53,24 @@ class Realism:
             extra = {"feature_extractor_weights_path": inception_weights}
             self._prepare = _to_rgb_uint8
         else:
+            arch = getattr(predictor, "arch", None)
             self.extractor = (
-                f"{type(predictor).__name__} penultimate layer ({predictor.num_features})"
+                f"{type(predictor).__name__}{f' ({arch})' if arch else ''} penultimate layer "
+                f"({predictor.num_features})"
             )
             feature = PredictorFeatures(predictor).eval()
             extra = {}
             self._prepare = lambda x: x
-        self.fid = FrechetInceptionDistance(
-            feature=feature, reset_real_features=False, input_img_size=tuple(image_shape), **extra
-        ).to(predictor.device)
-        self.kid = KernelInceptionDistance(
-            feature=feature, reset_real_features=False, subset_size=kid_subset_size, subsets=20
-        ).to(predictor.device)
+        with kept_rng():  # torchmetrics probes the extractor with a random image
+            self.fid = FrechetInceptionDistance(
+                feature=feature,
+                reset_real_features=False,
+                input_img_size=tuple(image_shape),
+                **extra,
+            ).to(predictor.device)
+            self.kid = KernelInceptionDistance(
+                feature=feature, reset_real_features=False, subset_size=kid_subset_size, subsets=20
+            ).to(predictor.device)
         self.kid_subset_size = kid_subset_size
         self.count_fake = 0
 

@@ -41,14 +41,24 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Composition (null intervention applied m times)",
         "",
-        f"| m = 1 | m = {steps} |",
-        "|---|---|",
-        f"| {_fmt(report['composition']['m1'], 3)} | "
-        f"{_fmt(report['composition']['m' + str(steps)], 3)} |",
-        "",
-        "## Per intervention",
-        "",
+        f"| counterfactual | m = 1 | m = {steps} |",
+        "|---|---|---|",
     ]
+    decoder = report.get("composition_decoder")  # models with a pixel residual
+    label = "with the pixel residual" if decoder else "as evaluated"
+    curves = {label + _options_label(report.get("options")): report["composition"]}
+    if decoder:
+        curves["decoder alone (residual=false)"] = decoder
+    for label, curve in curves.items():
+        lines.append(f"| {label} | {_fmt(curve['m1'], 3)} | {_fmt(curve['m' + str(steps)], 3)} |")
+    if decoder:
+        lines += [
+            "",
+            "With the residual the null intervention reproduces the input by construction; the "
+            "decoder alone shows how far the mechanism itself drifts.",
+        ]
+    lines += ["", "## Per intervention", ""]
+    judge = _judge_label(report)
     attributes = list(graph_kinds)
     header = [
         "intervention",
@@ -60,7 +70,7 @@ def markdown(report: dict[str, Any]) -> str:
         "KID x 1000",
     ]
     header += [
-        f"{a} {'MAE' if graph_kinds[a] == 'continuous' else 'acc.'} (predictor)" for a in attributes
+        f"{a} {'MAE' if graph_kinds[a] == 'continuous' else 'acc.'} ({judge})" for a in attributes
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in report["interventions"].items():
@@ -91,7 +101,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Effectiveness floor and the model-free judge", ""]
     lines += [
-        "| attribute | predictor on real test images | "
+        f"| attribute | {judge} on real test images | "
         + " | ".join(f"measured, do({n})" for n, r in report["interventions"].items() if r)
         + " |"
     ]
@@ -117,11 +127,12 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Morphometric measurement of the real test images vs their attributes: {measured}.",
         ]
+    lines += judges_markdown(report)
     lines += [
         "",
         "Effectiveness: MAE in natural units for continuous attributes, accuracy for categorical "
-        "ones, of the anti-causal predictor on the counterfactual against its intended attributes "
-        "(descendants as the model's SCM recomputed them). The floor is the predictor on real "
+        "ones, of the anti-causal judge on the counterfactual against its intended attributes "
+        "(descendants as the model's SCM recomputed them). The floor is that judge on real "
         "images. Reversibility: L1 after intervening and intervening back. Truth: against the "
         "true counterfactual (n/a where the data have none).",
         "",
@@ -130,13 +141,55 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _options_label(options: dict[str, Any] | None) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+
+
+def _judge_label(report: dict[str, Any]) -> str:
+    """The effectiveness judge's name in the tables: ``held-out judge``, or ``predictor``."""
+    judge = (report.get("judges") or {}).get("effectiveness") or {}
+    role = judge.get("role")
+    return {"heldout": "held-out judge", "finetune": "fine-tune judge"}.get(role, "predictor")
+
+
+def judges_markdown(report: dict[str, Any]) -> list[str]:
+    """Which judge scored what (``report["judges"]``, written by evaluate.py)."""
+    judges = report.get("judges")
+    if not judges:
+        return []
+    effectiveness = judges["effectiveness"]
+    settings = ", ".join(f"{k} {v}" for k, v in (effectiveness.get("settings") or {}).items())
+    lines = [
+        "",
+        "## Judges",
+        "",
+        f"- Effectiveness and its floor: the {_judge_label(report)} (role "
+        f"`{effectiveness['role']}`; {settings}), `{effectiveness['source']}`. It is also the "
+        "feature space of FID and KID unless Inception weights were given.",
+        f"- Measured columns: {judges['morphometry']}.",
+    ]
+    against = judges.get("finetuned_against")
+    lines.append(
+        f"- The model was fine-tuned against `{against}`, which scores nothing here."
+        if against
+        else "- The model was not fine-tuned against a judge."
+    )
+    return lines
+
+
 def composition_figure(report: dict[str, Any], path: Path) -> Path:
-    mean = np.array(report["composition"]["curve_mean"])
-    std = np.array(report["composition"]["curve_std"])
-    steps = np.arange(1, len(mean) + 1)
+    curves = {"as evaluated": report["composition"]}
+    if "composition_decoder" in report:
+        curves = {"with the residual": curves["as evaluated"]}
+        curves["decoder alone"] = report["composition_decoder"]
     fig, ax = plt.subplots(figsize=(4.2, 3))
-    ax.plot(steps, mean, marker="o")
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+    for label, curve in curves.items():
+        mean, std = np.array(curve["curve_mean"]), np.array(curve["curve_std"])
+        steps = np.arange(1, len(mean) + 1)
+        ax.plot(steps, mean, marker="o", label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
     ax.set_xlabel("null interventions applied (m)")
     ax.set_ylabel("L1 to the input (0-255)")
     ax.set_title(f"Composition: {report['model']}", fontsize=9)
@@ -163,7 +216,7 @@ def effectiveness_figure(report: dict[str, Any], path: Path, bins: int = 6) -> P
         if floor is not None:
             ax.axhline(floor, color="gray", linestyle="--", label="floor (real images)")
         ax.set_xlabel(f"|intervened {name} - factual|")
-        ax.set_ylabel(f"predictor MAE of {name}")
+        ax.set_ylabel(f"{_judge_label(report)} MAE of {name}")
         ax.set_title(f"do({name})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

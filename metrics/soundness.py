@@ -11,7 +11,9 @@ Definitions follow Monteiro et al., "Measuring Axiomatic Soundness of Counterfac
   counterfactual and the true one rendered by the datamodule's oracle.
 
 Each function returns one value per sample (or per step and sample), so callers average, stream
-and aggregate as they need. All run under ``torch.inference_mode()``.
+and aggregate as they need. All run under ``torch.inference_mode()``. ``sample_ids`` (the batch's
+dataset ids) reach every ``model.counterfactual`` call: the oracle renders from them, the learned
+models ignore them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ def rmse(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def composition(
-    model, x: Tensor, pa: Mapping[str, Tensor], steps: int = 10, /, **options: Any
+    model,
+    x: Tensor,
+    pa: Mapping[str, Tensor],
+    steps: int = 10,
+    /,
+    *,
+    sample_ids: Tensor | None = None,
+    **options: Any,
 ) -> Tensor:
     """``(steps, B)``: L1 between ``x`` and the null intervention applied ``m = 1..steps`` times.
 
@@ -52,7 +61,7 @@ def composition(
     current = x
     out = []
     for _ in range(steps):
-        current = model.counterfactual(current, pa, {}, **options).image
+        current = model.counterfactual(current, pa, {}, sample_ids=sample_ids, **options).image
         out.append(l1(current, x))
     return torch.stack(out)
 
@@ -64,20 +73,25 @@ def reversibility(
     pa: Mapping[str, Tensor],
     do: Mapping[str, Intervention],
     cycles: int = 1,
+    *,
+    sample_ids: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """``(cycles, B)``: L1 between ``x`` and the image after ``c`` round trips to ``do`` and back.
 
     The way back intervenes on every variable the way out changed (the intervened ones and their
-    descendants), setting them to their factual values.
+    descendants), setting them to their factual values. Both legs pass the same ``sample_ids``:
+    a counterfactual shares its factual's exogenous noise, so it is the same sample.
     """
     x = x.to(model.device)
     current = x
     out = []
     for _ in range(cycles):
-        forward = model.counterfactual(current, pa, do, **options)
+        forward = model.counterfactual(current, pa, do, sample_ids=sample_ids, **options)
         back_do = {k: pa[k] for k in forward.parents if not torch.equal(forward.parents[k], pa[k])}
-        current = model.counterfactual(forward.image, forward.parents, back_do, **options).image
+        current = model.counterfactual(
+            forward.image, forward.parents, back_do, sample_ids=sample_ids, **options
+        ).image
         out.append(l1(current, x))
     return torch.stack(out)
 
@@ -96,7 +110,7 @@ def ground_truth_error(
     attribute SCM, so the error includes both mechanisms' errors (use ``scm.mechanism=analytic``
     to isolate the image mechanism's).
     """
-    cf = model.counterfactual(batch["x"], batch["pa"], do, **options)
+    cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=batch["index"], **options)
     truth, _ = datamodule.true_counterfactual(batch["index"], do)
     truth = truth.to(cf.image.device)
     return {"l1": l1(cf.image, truth), "rmse": rmse(cf.image, truth)}

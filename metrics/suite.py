@@ -8,12 +8,16 @@ Protocol (Monteiro et al., ICLR 2023, plus cfzoo's ground truth):
 - descendants are recomputed by the model's own attribute SCM;
 - per intervention: effectiveness (predictors, and the datamodule's measurement when it has one),
   reversibility, ground-truth error (where the datamodule renders the truth), FID and KID;
-- composition, once per seed (it involves no intervention);
+- composition, once per seed (it involves no intervention); for a model with a pixel residual
+  also with the residual off, the decoder alone (with it on, the null intervention is exact by
+  construction, so only the decoder-alone curve says how much the mechanism drifts);
 - each seed redraws the intervention values (and the sampling of stochastic models); results are
   reported as mean and standard deviation over seeds.
 
-The model is touched only through ``model.counterfactual``. Batches stream through; only running
-sums are kept.
+The model is touched only through ``model.counterfactual``, which gets every batch's sample ids
+(``sample_ids=batch["index"]``: the oracle renders from them, the learned models ignore them).
+Batches stream through; only running sums are kept. Each seed runs under its own seeded
+generators and gives the caller's random state back.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 
 from metrics.effectiveness import attribute_errors, predictor_errors
 from metrics.realism import Realism
+from metrics.rng import kept_rng, seeded
 from metrics.soundness import composition, l1, reversibility, rmse
 
 ALL = "all"
@@ -91,13 +96,6 @@ def draw_interventions(
     return {name: torch.randperm(n, generator=generator) for name in names}
 
 
-def _options(model, settings: SuiteSettings, batch) -> dict[str, Any]:
-    options = dict(settings.options)
-    if "index" in model.options:  # oracles identify samples by their ids
-        options["index"] = batch["index"]
-    return options
-
-
 def _batches(datamodule):
     position = 0
     for batch in datamodule.test_dataloader():
@@ -119,16 +117,14 @@ def floor(predictor, datamodule) -> dict[str, dict[str, float]]:
     return {"predictor": sums.means(), "morphometry": morph.means()}
 
 
-@torch.inference_mode()
-def run_seed(
-    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, seed: int, bar=None
-) -> dict[str, Any]:
-    """All metrics for one seed."""
-    torch.manual_seed(seed)
-    test_attributes = datamodule.attributes(datamodule.test_set.indices)
-    draws = draw_interventions(settings.interventions, test_attributes, seed)
-    result: dict[str, Any] = {"interventions": {}, "effect_size": {}}
+def decoder_options(model, settings: SuiteSettings) -> dict[str, Any] | None:
+    """The options of the decoder alone (the pixel residual off), for a model that has one."""
+    if "residual" not in model.options:
+        return None
+    return {**settings.options, "residual": False}
 
+
+def _composition_curve(model, datamodule, settings, options, bar=None) -> list[float]:
     steps = _Sums()
     for _, batch in _batches(datamodule):
         curve = composition(
@@ -136,15 +132,40 @@ def run_seed(
             batch["x"],
             batch["pa"],
             settings.composition_steps,
-            **_options(model, settings, batch),
+            sample_ids=batch["index"],
+            **options,
         )
         for m, values in enumerate(curve, start=1):
             steps.add(f"m{m}", values)
         if bar is not None:
             bar.update(len(batch["x"]))
-    result["composition"] = [
-        steps.means()[f"m{m}"] for m in range(1, settings.composition_steps + 1)
-    ]
+    means = steps.means()
+    return [means[f"m{m}"] for m in range(1, settings.composition_steps + 1)]
+
+
+def run_seed(
+    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, seed: int, bar=None
+) -> dict[str, Any]:
+    """All metrics for one seed, under generators seeded with ``seed`` (the caller's state is
+    restored afterwards)."""
+    with seeded(seed), torch.inference_mode():
+        return _run_seed(model, datamodule, predictor, realism, settings, seed, bar)
+
+
+def _run_seed(model, datamodule, predictor, realism, settings, seed, bar) -> dict[str, Any]:
+    test_attributes = datamodule.attributes(datamodule.test_set.indices)
+    draws = draw_interventions(settings.interventions, test_attributes, seed)
+    result: dict[str, Any] = {"interventions": {}, "effect_size": {}}
+
+    options = dict(settings.options)
+    result["composition"] = _composition_curve(model, datamodule, settings, options, bar)
+    decoder = decoder_options(model, settings)
+    if decoder is not None:
+        result["composition_decoder"] = (
+            result["composition"]  # the residual is off already
+            if decoder == options
+            else _composition_curve(model, datamodule, settings, decoder, bar)
+        )
 
     for name in settings.interventions:
         variables = intervention_variables(name, model, datamodule)
@@ -161,8 +182,8 @@ def run_seed(
         for positions, batch in _batches(datamodule):
             source = draws[name][positions]
             do = {v: test_attributes[v][source] for v in variables}
-            options = _options(model, settings, batch)
-            cf = model.counterfactual(batch["x"], batch["pa"], do, **options)
+            ids = batch["index"]
+            cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=ids, **options)
             image, parents = cf.image, cf.parents
             for attr, error in predictor_errors(predictor, image, parents).items():
                 sums.add(f"effectiveness/{attr}", error)
@@ -175,7 +196,13 @@ def run_seed(
                 sums.add("truth/l1", l1(image, truth))
                 sums.add("truth/rmse", rmse(image, truth))
             cycles = reversibility(
-                model, batch["x"], batch["pa"], do, settings.reversibility_cycles, **options
+                model,
+                batch["x"],
+                batch["pa"],
+                do,
+                settings.reversibility_cycles,
+                sample_ids=ids,
+                **options,
             )
             for c, values in enumerate(cycles, start=1):
                 sums.add(f"reversibility/cycle{c}", values)
@@ -203,20 +230,26 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(tensor.mean()), "std": std, "per_seed": list(values)}
 
 
+def _curve(curves: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Mean and std over seeds of a composition curve, and its first and last steps."""
+    curve = torch.tensor(curves, dtype=torch.float64)
+    out: dict[str, Any] = {
+        "curve_mean": curve.mean(0).tolist(),
+        "curve_std": (curve.std(0) if len(curves) > 1 else torch.zeros_like(curve[0])).tolist(),
+    }
+    out["m1"] = _mean_std(curve[:, 0].tolist())
+    out[f"m{curve.shape[1]}"] = _mean_std(curve[:, -1].tolist())
+    return out
+
+
 def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds of every number in :func:`run_seed`'s results."""
-    curve = torch.tensor([r["composition"] for r in per_seed], dtype=torch.float64)
     out: dict[str, Any] = {
-        "composition": {
-            "curve_mean": curve.mean(0).tolist(),
-            "curve_std": (
-                curve.std(0) if len(per_seed) > 1 else torch.zeros_like(curve[0])
-            ).tolist(),
-        },
+        "composition": _curve([r["composition"] for r in per_seed]),
         "interventions": {},
     }
-    out["composition"]["m1"] = _mean_std(curve[:, 0].tolist())
-    out["composition"][f"m{curve.shape[1]}"] = _mean_std(curve[:, -1].tolist())
+    if "composition_decoder" in per_seed[0]:
+        out["composition_decoder"] = _curve([r["composition_decoder"] for r in per_seed])
     for name, first in per_seed[0]["interventions"].items():
         if first is None:
             out["interventions"][name] = None
@@ -234,7 +267,16 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def run_suite(
     model, datamodule, predictor, realism: Realism, settings: SuiteSettings, progress: bool = True
 ) -> dict[str, Any]:
-    """Run every metric over the test split for each seed; return the aggregated report."""
+    """Run every metric over the test split for each seed; return the aggregated report.
+
+    Torch's global random state is as the caller left it afterwards (even a DataLoader's
+    iterator draws a seed from it).
+    """
+    with kept_rng():
+        return _run_suite(model, datamodule, predictor, realism, settings, progress)
+
+
+def _run_suite(model, datamodule, predictor, realism, settings, progress) -> dict[str, Any]:
     start = time.perf_counter()
     if not settings.interventions:
         settings = replace(settings, interventions=[*model.graph.names, ALL])
@@ -242,7 +284,8 @@ def run_suite(
     for batch in datamodule.test_dataloader():  # the real images' features, once for all seeds
         realism.update(batch["x"], real=True)
     n = len(datamodule.test_set)
-    total = n * len(settings.seeds) * (1 + len(settings.interventions))
+    compositions = 1 + (decoder_options(model, settings) not in (None, dict(settings.options)))
+    total = n * len(settings.seeds) * (compositions + len(settings.interventions))
     with tqdm(total=total, desc="evaluating", unit="img", disable=not progress) as bar:
         per_seed = [
             run_seed(model, datamodule, predictor, realism, settings, seed, bar)
@@ -252,6 +295,7 @@ def run_suite(
     report["floor"] = floor(predictor, datamodule)
     report["num_test"] = n
     report["seeds"] = list(settings.seeds)
+    report["options"] = dict(settings.options)
     report["realism_extractor"] = realism.extractor
     report["seconds"] = time.perf_counter() - start
     return report

@@ -1,9 +1,15 @@
 """Anti-causal attribute predictors: the judges of counterfactual effectiveness.
 
-One convolutional trunk, trained on real images only, with a head per attribute: a regressor
+A convolutional trunk, trained on real images only, with a head per attribute: a regressor
 (of the normalised value, L1 loss) for continuous attributes and a classifier for categorical
 ones. Its penultimate layer also serves as the feature extractor of FID / KID when Inception
 weights are not available (they can't be downloaded offline).
+
+Two trunks, so that the judge a model is fine-tuned against and the judge that scores it can
+differ in architecture, not only in their weights (see ``metrics/judges.py``):
+
+- ``arch="conv"``: stride-2 convolutions and a flattened linear read-out (:class:`ConvEncoder`);
+- ``arch="resnet"``: a residual CNN with global average pooling (:class:`ResidualEncoder`).
 
     python train.py model=predictor        # or let evaluate.py train and cache one
 """
@@ -20,10 +26,88 @@ from torch import Tensor, nn
 
 from datamodules.base import CausalGraph
 from models.base import CHECKPOINT_CLASS_KEY
-from models.nn.convnets import ConvEncoder
+from models.nn.convnets import ConvEncoder, _group_norm
 from models.nn.likelihoods import to_signed
 
-__all__ = ["AttributePredictor"]
+__all__ = ["ARCHITECTURES", "AUGMENTATIONS", "AttributePredictor", "ResidualEncoder"]
+
+ARCHITECTURES = ("conv", "resnet")
+AUGMENTATIONS = ("none", "shift", "affine")
+#: ``augment="shift"``: the whole batch rolled by up to this many pixels in x and y.
+MAX_SHIFT = 2
+#: ``augment="affine"``: each image rotated by up to this many degrees and translated by up to
+#: ``MAX_TRANSLATION`` pixels, resampled with the nearest pixel so that no stroke is blurred
+#: (blurring would lower the measured intensity and widen the measured thickness).
+MAX_ROTATION = 5.0
+MAX_TRANSLATION = 3
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            _group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class ResidualEncoder(nn.Module):
+    """``(B, C, H, W)`` -> ``(B, out_features)``: a small residual CNN (He et al., CVPR 2016).
+
+    A 4x4 stride-2 stem, then per width a pre-activation residual block (each width after the
+    first starts with a stride-2 3x3 convolution), then a linear read-out of the last feature map.
+    Where :class:`ConvEncoder` stacks plain strided convolutions, this trunk sums residual paths
+    and normalises before each convolution, so the two judges are wrong in different ways.
+
+    Measured on embedded Morpho-MNIST (2 CPU cores, 30 epochs): the stem halves the resolution
+    at once, because a 3x3 stage at the full 32 px made a step 4x slower; a global average pool
+    instead of the linear read-out classified 59-86% of the test digits (by seed and learning
+    rate) against 97% with it.
+
+    Args:
+        in_channels: image channels.
+        widths: channels at each stage; the stem and each later stage halve the resolution.
+        image_size: ``H`` (= ``W``), divisible by ``2 ** len(widths)``.
+        out_features: size of the output vector.
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int], image_size: int, out_features: int):
+        super().__init__()
+        if image_size % 2 ** len(widths):
+            raise ValueError(f"image size {image_size} is not divisible by 2^{len(widths)}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, stride=2, padding=1)]
+        previous = widths[0]
+        for stage, width in enumerate(widths):
+            if stage:
+                layers.append(nn.Conv2d(previous, width, 3, stride=2, padding=1))
+            layers.append(_ResidualBlock(width))
+            previous = width
+        side = image_size // 2 ** len(widths)
+        layers += [
+            _group_norm(previous),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(previous * side * side, out_features),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _augmentation(augment: bool | str) -> str:
+    # True / False: the checkpoints written before the augmentation had a name
+    name = {True: "shift", False: "none"}.get(augment, augment)
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}")
+    return name
 
 
 class AttributePredictor(pl.LightningModule):
@@ -33,11 +117,20 @@ class AttributePredictor(pl.LightningModule):
         graph: the datamodule's causal graph (``CausalGraph.to_dict()``).
         image_shape: ``(C, H, W)``.
         dataset: the datamodule's name.
-        widths: channels of the stride-2 convolution stages.
+        widths: channels of the stride-2 stages of the trunk.
         features: size of the penultimate layer (the realism feature space).
         lr: AdamW learning rate.
-        augment: random shifts of up to 2 pixels during training, so the judge generalises to
-            slightly misplaced strokes instead of memorising pixel positions.
+        augment: what varies the training images, so the judge generalises to slightly misplaced
+            strokes instead of memorising pixel positions; none of them changes an attribute.
+            ``"shift"`` (or ``True``): the batch rolled by up to 2 pixels; ``"affine"``: each
+            image rotated by up to 5 degrees and moved by up to 3 pixels; ``"none"`` (or
+            ``False``).
+        arch: the trunk, ``"conv"`` (:class:`ConvEncoder`) or ``"resnet"``
+            (:class:`ResidualEncoder`).
+
+    Example:
+        >>> predictor = AttributePredictor(datamodule.graph.to_dict(), datamodule.image_shape)
+        >>> predictor(images)["thickness"]         # natural units; class ids for categorical
     """
 
     def __init__(
@@ -48,7 +141,8 @@ class AttributePredictor(pl.LightningModule):
         widths: Sequence[int] = (32, 64, 128),
         features: int = 128,
         lr: float = 1e-3,
-        augment: bool = True,
+        augment: bool | str = True,
+        arch: str = "conv",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -56,9 +150,13 @@ class AttributePredictor(pl.LightningModule):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.dataset_name = dataset
         channels, size, _ = self.image_shape
-        self.trunk = nn.Sequential(
-            ConvEncoder(channels, widths, size, features), nn.SiLU(), nn.Dropout(0.1)
-        )
+        if arch == "conv":
+            encoder: nn.Module = ConvEncoder(channels, widths, size, features)
+        elif arch == "resnet":
+            encoder = ResidualEncoder(channels, widths, size, features)
+        else:
+            raise ValueError(f"unknown predictor arch {arch!r}; choose one of {ARCHITECTURES}")
+        self.trunk = nn.Sequential(encoder, nn.SiLU(), nn.Dropout(0.1))
         self.heads = nn.ModuleDict(
             {
                 v.name: nn.Linear(features, 1 if v.is_continuous else v.num_classes)
@@ -66,7 +164,8 @@ class AttributePredictor(pl.LightningModule):
             }
         )
         self.lr = lr
-        self.augment = augment
+        self.arch = arch
+        self.augment = _augmentation(augment)
         self.num_features = features
 
     def features(self, x: Tensor) -> Tensor:
@@ -87,12 +186,17 @@ class AttributePredictor(pl.LightningModule):
         h = self.features(x)
         return {name: head(h) for name, head in self.heads.items()}
 
-    def _shift(self, x: Tensor) -> Tensor:
-        dx, dy = torch.randint(-2, 3, (2,)).tolist()
-        return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    def augmentation(self, x: Tensor) -> Tensor:
+        """A random training-time variation of the images ``x`` (see ``augment``)."""
+        if self.augment == "shift":
+            dx, dy = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2,)).tolist()
+            return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        if self.augment == "affine":
+            return random_affine(x, MAX_ROTATION, MAX_TRANSLATION)
+        return x
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
-        x = self._shift(batch["x"]) if stage == "train" and self.augment else batch["x"]
+        x = self.augmentation(batch["x"]) if stage == "train" else batch["x"]
         raw = self._raw(x)
         losses, logs = [], {}
         for name, output in raw.items():
@@ -132,3 +236,26 @@ class AttributePredictor(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
+
+
+def random_affine(x: Tensor, degrees: float, pixels: int) -> Tensor:
+    """Each image of ``x`` rotated by up to ``degrees`` (uniform) and moved by up to ``pixels``
+    whole pixels in x and y (uniform integers).
+
+    Nearest-pixel resampling: every output pixel is an input pixel, so stroke intensities stay.
+    Measured on 500 Morpho-MNIST test digits at 5 degrees and 3 pixels: the measured thickness
+    moves by 0.04 px on average (the measurement's own error is 0.07 px), the intensity by 0.02;
+    bilinear resampling would move the intensity by 10 (its sd is 48). Whole-pixel moves change
+    nothing; fractional ones would add 0.02 px of thickness change on top of the rotation's.
+    """
+    n, _, height, width = x.shape
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * torch.pi * degrees / 180
+    move = torch.randint(-int(pixels), int(pixels) + 1, (n, 2), device=x.device).float()
+    # affine_grid's translations are in units of half the image
+    move = move * 2 / torch.tensor([width, height], device=x.device)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [torch.stack([cos, -sin, move[:, 0]], -1), torch.stack([sin, cos, move[:, 1]], -1)], 1
+    )
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)

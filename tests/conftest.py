@@ -39,3 +39,21 @@ def tiny_predictor(morpho):
     torch.manual_seed(0)
     predictor, _ = train_predictor(morpho, epochs=6, progress=False, widths=(8, 16), features=16)
     return predictor
+
+
+@pytest.fixture(scope="session")
+def held_out_judge(morpho):
+    """Another tiny predictor (another seed and width), to score what ``tiny_predictor`` trained."""
+    from metrics.judges import train_predictor
+
+    predictor, _ = train_predictor(
+        morpho,
+        epochs=6,
+        progress=False,
+        seed=1,
+        arch="resnet",
+        augment="affine",
+        widths=(16, 32),
+        features=24,
+    )
+    return predictor

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate as hydra_instantiate
 
 import train as train_script
 from models import load_model
@@ -193,10 +194,26 @@ def compose_evaluate(data_dir: Path, run_dir: Path, *overrides: str):
         )
 
 
-def test_evaluate_end_to_end(trained, data_dir, tmp_path):
+def _fine_tuned_against(monkeypatch, source: str) -> None:
+    """evaluate.py's models say they were fine-tuned against ``source``."""
+    import evaluate as evaluate_script
+
+    build = evaluate_script.build_model
+
+    def build_fine_tuned(cfg, datamodule):
+        model = build(cfg, datamodule)
+        model.trained_against = source
+        return model
+
+    monkeypatch.setattr(evaluate_script, "build_model", build_fine_tuned)
+
+
+def test_evaluate_end_to_end(trained, data_dir, tmp_path, monkeypatch):
     import evaluate as evaluate_script
 
     _, metrics = trained
+    # a model fine-tuned against another judge is scored, and the report says against which
+    _fine_tuned_against(monkeypatch, str(tmp_path / "predictors" / "morphomnist-0123.ckpt"))
     report = evaluate_script.evaluate(
         compose_evaluate(data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}")
     )
@@ -219,8 +236,21 @@ def test_evaluate_end_to_end(trained, data_dir, tmp_path):
     ):
         assert len(thickness[key]["per_seed"]) == 2, key
     assert "truth/l1" not in saved["interventions"]["digit"]  # no ground truth for do(digit)
-    assert saved["floor"]["predictor"]["digit"] >= 0
-    assert "Per intervention" in (tmp_path / "report.md").read_text()
+    assert set(saved["floor"]["predictor"]) == {"thickness", "intensity", "digit"}
+    # the decoder alone (residual off) drifts; with the residual the null intervention is exact
+    decoder = saved["composition_decoder"]
+    assert len(decoder["curve_mean"]) == 3 and len(decoder["m3"]["per_seed"]) == 2
+    assert decoder["m1"]["mean"] > 10 * max(saved["composition"]["m1"]["mean"], 0.01)
+    judges = saved["judges"]
+    assert judges["effectiveness"]["role"] == "heldout"
+    assert judges["effectiveness"]["settings"]["arch"] == "resnet"
+    assert judges["effectiveness"]["settings"]["widths"] == [8, 16]  # the config's override
+    assert judges["effectiveness"]["source"] == saved["predictor"]
+    assert judges["finetuned_against"].endswith("morphomnist-0123.ckpt")
+    assert "measure_attributes" in judges["morphometry"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Per intervention" in text and "decoder alone" in text
+    assert "thickness MAE (held-out judge)" in text and "morphomnist-0123.ckpt" in text
     for name in ("composition.png", "effectiveness.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert report["config"]["ckpt_path"] == metrics["last_ckpt"]
@@ -272,6 +302,40 @@ def test_evaluate_errors(trained, data_dir, tmp_path):
         )
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate_script.evaluate(compose_evaluate(data_dir, tmp_path))
+
+
+def test_evaluate_refuses_the_judge_a_model_was_fine_tuned_against(
+    trained, data_dir, tmp_path, monkeypatch
+):
+    import evaluate as evaluate_script
+    from metrics.judges import judge_source
+
+    _, metrics = trained
+    cfg = compose_evaluate(data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}")
+    datamodule = hydra_instantiate(cfg.data, _convert_="all")
+    overrides = {"epochs": 2, "widths": [8, 16], "features": 16}
+    heldout = judge_source(datamodule, "heldout", **overrides)
+    _fine_tuned_against(monkeypatch, heldout)
+    with pytest.raises(ValueError, match="fine-tuned against: a judge that trains a model never"):
+        evaluate_script.evaluate(cfg)
+    # the same judge by a checkpoint path, and the other role's judge when it is the one
+    with pytest.raises(ValueError, match="fine-tuned against"):
+        evaluate_script.evaluate(
+            compose_evaluate(
+                data_dir,
+                tmp_path,
+                f"ckpt_path={metrics['last_ckpt']}",
+                f"predictor.ckpt_path={heldout}",
+            )
+        )
+    _fine_tuned_against(monkeypatch, judge_source(datamodule, "finetune", **overrides))
+    with pytest.raises(ValueError, match="the finetune judge"):
+        evaluate_script.evaluate(
+            compose_evaluate(
+                data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "predictor.role=finetune"
+            )
+        )
+    assert not (tmp_path / "report.json").exists()  # refused before scoring anything
 
 
 def test_train_refuses_reference_models(data_dir, tmp_path):

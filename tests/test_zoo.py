@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import zoo  # noqa: E402
 
+ATTRIBUTES = ("thickness", "intensity", "digit")
+MEASURED = ("thickness", "intensity")  # what morphometry measures
 TINY_EVAL = [
     "predictor.epochs=2",
     "predictor.widths=[8,16]",
@@ -52,17 +54,22 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     columns = [
         "composition m=1",
         "composition m=3",
-        *(f"reversibility do({v})" for v in ("thickness", "intensity", "digit")),
-        *(f"effectiveness do({v})" for v in ("thickness", "intensity", "digit")),
+        *(f"reversibility do({v})" for v in ATTRIBUTES),
+        *(f"effectiveness do({v}), held-out judge" for v in ATTRIBUTES),
+        *(f"floor {v}, held-out judge" for v in ATTRIBUTES),
+        *(f"effectiveness do({v}), morphometry" for v in MEASURED),
+        *(f"floor {v}, morphometry" for v in MEASURED),
         "truth L1 do(thickness)",
         "truth L1 do(intensity)",
-        *(f"FID do({v})" for v in ("thickness", "intensity", "digit")),
+        *(f"FID do({v})" for v in ATTRIBUTES),
     ]
     extra = ["training minutes", "train img/s", "counterfactuals/s", "peak train RSS (MB)"]
+    decoder = ["composition m=1, decoder alone", "composition m=3, decoder alone"]
     for name in ("vae", "hvae", "hvae_cf", "flow"):
         row = results["models"][name]["rows"][0]
-        for column in [*columns, *extra]:
+        for column in [*columns, *extra, *(decoder if name != "flow" else [])]:
             assert row["metrics"][column] == row["metrics"][column], column  # present, not NaN
+        assert (row["metrics"]["composition m=3, decoder alone"] > 1) == (name != "flow")
         assert row["metrics"]["peak train RSS (MB)"] > 100  # a torch process
         launch = "experiment=hvae_cf_morphomnist" if name == "hvae_cf" else f"model={name}"
         assert len(row["commit"]) >= 40 and row["config"]["train"][0] == launch
@@ -72,13 +79,15 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
         "hvae-seed0"
         in (tmp_path / "work" / "hvae_cf-seed0" / ".hydra" / "overrides.yaml").read_text()
     )
-    assert (
-        stage["metrics"]["training minutes"]
-        > results["models"]["hvae"]["rows"][0]["metrics"]["training minutes"]
+    assert stage["metrics"]["training minutes"] == pytest.approx(
+        results["models"]["hvae"]["rows"][0]["metrics"]["training minutes"]
+        + stage["metrics"]["stage minutes"]
     )
     oracle = results["models"]["oracle"]["rows"][0]["metrics"]
     assert oracle["truth L1 do(thickness)"] < 0.05 and oracle["composition m=1"] == 0
-    assert set(results["floor"]) == {"thickness", "intensity", "digit"}
+    assert set(results["floor"]["predictor"]) == set(ATTRIBUTES)
+    assert set(results["floor"]["morphometry"]) == set(MEASURED)
+    assert results["judges"]["effectiveness"]["role"] == "heldout"
     text = markdown_path.read_text()
     for column in columns:
         assert f"| {column} |" in text
@@ -95,11 +104,125 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
         zoo.main([*argv, "--render-only", "--date", "2026-13-01"])
 
 
-def test_a_second_stage_needs_its_base_model(data_dir, tmp_path):
-    argv = ["--families", "hvae_cf", "--no-oracle", "--data-limit", "200"]
-    argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--work-dir", str(tmp_path)]
-    with pytest.raises(SystemExit, match="list hvae before it in --families"):
-        zoo.main(argv)
+def fake_report(path: Path, thickness_error: float) -> dict:
+    """An evaluate.py report with every key the leaderboard reads."""
+    stat = {"mean": thickness_error, "std": 0.0, "per_seed": [thickness_error]}
+    result = {
+        "variables": ["thickness"],
+        "effectiveness/thickness": stat,
+        "morphometry/thickness": {**stat, "mean": 2 * thickness_error},
+        "truth/l1": stat,
+        "reversibility/cycle1": stat,
+        "fid": stat,
+    }
+    curve = {"curve_mean": [0.0, 0.0, 0.0], "m1": stat, "m3": stat}
+    return {
+        "interventions": {"thickness": result, "intensity": result, "digit": None},
+        "composition": curve,
+        "composition_decoder": {**curve, "m3": {**stat, "mean": 30.0}},
+        "attribute_kinds": {"thickness": "continuous", "intensity": "continuous", "digit": "x"},
+        "floor": {
+            "predictor": {"thickness": 0.1, "digit": 0.9},
+            "morphometry": {"thickness": 0.05},
+        },
+        "judges": {"effectiveness": {"role": "heldout", "source": "h.ckpt", "settings": {}}},
+        "files": {"json": str(path)},
+    }
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch, tmp_path):
+    """zoo.py with train.py and evaluate.py replaced by records of their calls."""
+    calls = []
+
+    def train_with_budget(workdir, family, seed, minutes, overrides):
+        calls.append(("train", family, seed))
+        checkpoint = tmp_path / f"{family}-seed{seed}.ckpt"
+        checkpoint.write_text("weights")
+        return {
+            "checkpoint": str(checkpoint),
+            "wall_seconds": 60 * minutes,
+            "train_images_per_second": 100.0,
+            "peak_train_rss_mb": 500.0,
+        }
+
+    def train_stage(workdir, name, seed, base_checkpoint, overrides):
+        calls.append(("stage", name, seed, Path(base_checkpoint).name))
+        return {
+            "checkpoint": str(tmp_path / f"{name}-seed{seed}.ckpt"),
+            "wall_seconds": 90.0,
+            "train_images_per_second": 50.0,
+            "peak_train_rss_mb": 600.0,
+        }
+
+    def score(workdir, name, seed, overrides, model_args):
+        calls.append(("score", name, seed))
+        return fake_report(tmp_path / f"{name}-{seed}.json", thickness_error=0.1 * (1 + seed))
+
+    monkeypatch.setattr(zoo, "train_with_budget", train_with_budget)
+    monkeypatch.setattr(zoo, "train_stage", train_stage)
+    monkeypatch.setattr(zoo, "score", score)
+    monkeypatch.setattr(zoo, "load_model", lambda path: None)
+    monkeypatch.setattr(zoo, "counterfactuals_per_second", lambda *args, **kwargs: 1000.0)
+    monkeypatch.setattr(zoo, "comparison_grid", lambda checkpoints, datamodule, path: path)
+    return calls
+
+
+def test_every_family_has_a_fine_tuning_stage():
+    assert {
+        f"{f}_cf": (f, [f"experiment={f}_cf_morphomnist"]) for f in ("vae", "hvae", "flow")
+    } == zoo.STAGES
+    assert zoo.DEFAULT_FAMILIES == ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
+
+
+def test_a_stage_alone_trains_its_base_model_first(data_dir, tmp_path, fake_zoo):
+    argv = ["--families", "vae_cf", "--no-oracle", "--seeds", "2", "--data-limit", "200"]
+    argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "results")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--machine", "testbox", "--minutes", "2"]
+    markdown_path = zoo.main(argv)
+    assert fake_zoo == [
+        ("train", "vae", 0),
+        ("score", "vae", 0),
+        ("stage", "vae_cf", 0, "vae-seed0.ckpt"),  # each seed from its own base checkpoint
+        ("score", "vae_cf", 0),
+        ("train", "vae", 1),
+        ("score", "vae", 1),
+        ("stage", "vae_cf", 1, "vae-seed1.ckpt"),
+        ("score", "vae_cf", 1),
+    ]
+    results = json.loads(markdown_path.with_suffix(".json").read_text())
+    assert list(results["models"]) == ["vae", "vae_cf"]  # the base model has its rows too
+    base, stage = (results["models"][n]["rows"][0]["metrics"] for n in ("vae", "vae_cf"))
+    assert base["training minutes"] == 2 and "stage minutes" not in base
+    assert stage["stage minutes"] == 1.5 and stage["training minutes"] == 3.5
+    assert stage["effectiveness do(thickness), held-out judge"] == pytest.approx(0.1)
+    assert stage["effectiveness do(thickness), morphometry"] == pytest.approx(0.2)
+    assert stage["floor thickness, morphometry"] == 0.05
+    assert stage["composition m=3, decoder alone"] == 30.0
+    summary = results["models"]["vae_cf"]["summary"]["effectiveness do(thickness), held-out judge"]
+    assert summary["mean"] == pytest.approx(0.15) and summary["n"] == 2  # seeds 0 and 1
+    text = markdown_path.read_text()
+    assert "| metric | vae | vae_cf |" in text
+    assert "| effectiveness do(thickness), held-out judge | 0.15 ± 0.0707 | 0.15 ± 0.0707 |" in text
+    assert "| floor digit, held-out judge | 90% ± 0 | 90% ± 0 |" in text
+    assert "| stage minutes | n/a | 1.5 ± 0 |" in text
+    # the base rows now exist: listing the base too trains nothing again
+    fake_zoo.clear()
+    zoo.main(["--families", "vae", "vae_cf", *argv[2:]])
+    assert fake_zoo == []
+    # a base checkpoint that is gone is trained again before its stage is
+    results["models"]["vae_cf"]["rows"] = []
+    markdown_path.with_suffix(".json").write_text(json.dumps(results))
+    (tmp_path / "vae-seed1.ckpt").unlink()
+    zoo.main(argv)
+    assert fake_zoo == [
+        ("stage", "vae_cf", 0, "vae-seed0.ckpt"),
+        ("score", "vae_cf", 0),
+        ("train", "vae", 1),
+        ("score", "vae", 1),
+        ("stage", "vae_cf", 1, "vae-seed1.ckpt"),
+        ("score", "vae_cf", 1),
+    ]
 
 
 def results_date(path: Path) -> str:

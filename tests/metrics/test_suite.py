@@ -1,11 +1,14 @@
 """The suite on reference models: the oracle scores the floor, the identity is caught."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from metrics.realism import Realism
 from metrics.suite import SuiteSettings, run_suite
 from models.baselines import IdentityModel, OracleModel
+from tests.families import FAMILIES
 
 SETTINGS = SuiteSettings(
     interventions=("thickness", "intensity", "digit", "all"),
@@ -15,9 +18,9 @@ SETTINGS = SuiteSettings(
 )
 
 
-def score(model, morpho, predictor):
+def score(model, morpho, predictor, settings=SETTINGS):
     realism = Realism(predictor, morpho.image_shape, kid_subset_size=50)
-    return run_suite(model, morpho, predictor, realism, SETTINGS, progress=False)
+    return run_suite(model, morpho, predictor, realism, settings, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +61,33 @@ def test_identity_is_caught_by_effectiveness(morpho, tiny_predictor, oracle_repo
 def test_oracle_needs_sample_ids(morpho):
     batch = next(iter(morpho.test_dataloader()))
     oracle = OracleModel(morpho)
-    with pytest.raises(ValueError, match="index=batch"):
+    with pytest.raises(ValueError, match="sample_ids"):
         oracle.counterfactual(batch["x"], batch["pa"], {"intensity": 100.0})
     with pytest.raises(ValueError, match="can't intervene on \\['digit'\\]"):
-        oracle.counterfactual(batch["x"], batch["pa"], {"digit": 1}, index=batch["index"])
-    cf = oracle.counterfactual(batch["x"], batch["pa"], {"intensity": 100.0}, index=batch["index"])
+        oracle.counterfactual(batch["x"], batch["pa"], {"digit": 1}, sample_ids=batch["index"])
+    cf = oracle.counterfactual(
+        batch["x"], batch["pa"], {"intensity": 100.0}, sample_ids=batch["index"]
+    )
     truth, _ = morpho.true_counterfactual(batch["index"], {"intensity": 100.0})
     assert torch.equal(cf.image, truth)
+
+
+def test_the_decoder_alone_composition_of_a_model_with_a_residual(morpho, tiny_predictor):
+    vae = FAMILIES["vae"][0](morpho)  # untrained: its decoder alone is far from any digit
+    settings = replace(SETTINGS, interventions=("intensity",))
+    state = torch.get_rng_state()
+    report = score(vae, morpho, tiny_predictor, settings)
+    assert torch.equal(torch.get_rng_state(), state)  # the seeds ran in their own generators
+    residual, decoder = report["composition"], report["composition_decoder"]
+    assert set(decoder) == set(residual) == {"curve_mean", "curve_std", "m1", "m2"}
+    assert residual["m1"]["mean"] < 0.05  # the residual gives the input back
+    assert decoder["m1"]["mean"] > 20  # 0-255 scale: a blur of grey, not the digit
+    assert report["options"] == {}
+    # with the residual off already, both curves are the decoder's
+    off = score(vae, morpho, tiny_predictor, replace(settings, options={"residual": False}))
+    assert off["composition"]["m1"]["mean"] == pytest.approx(decoder["m1"]["mean"])
+    assert off["composition_decoder"] == off["composition"]
+
+
+def test_a_model_without_a_residual_has_no_decoder_alone_curve(oracle_report):
+    assert "composition_decoder" not in oracle_report
