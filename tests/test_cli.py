@@ -329,7 +329,7 @@ def test_evaluate_refuses_the_judge_a_model_was_fine_tuned_against(
             )
         )
     _fine_tuned_against(monkeypatch, judge_source(datamodule, "finetune", **overrides))
-    with pytest.raises(ValueError, match="the finetune judge"):
+    with pytest.raises(ValueError, match="fine-tuned against a .finetune. judge"):
         evaluate_script.evaluate(
             compose_evaluate(
                 data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "predictor.role=finetune"
