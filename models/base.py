@@ -142,6 +142,18 @@ class ImageMechanism(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not trainable")
 
 
+def abduct_image(
+    mechanism: ImageMechanism,
+    x: Tensor,
+    pa: Mapping[str, Tensor],
+    sample_ids: Tensor | None,
+    options: Mapping[str, Any],
+) -> Any:
+    """The mechanism's abduction, handed the sample ids only if it identifies samples by them."""
+    extra = {"sample_ids": sample_ids} if mechanism.uses_sample_ids else {}
+    return mechanism.abduct(x, pa, **extra, **options)
+
+
 def counterfactual(
     mechanism: ImageMechanism,
     scm: AttributeSCM,
@@ -171,9 +183,8 @@ def counterfactual(
     """
     options = mechanism.resolve_options(options)
     resolved = scm.graph.resolve(pa, do)
-    extra = {"sample_ids": sample_ids} if mechanism.uses_sample_ids else {}
     with torch.no_grad():
-        image_noise = mechanism.abduct(x, pa, **extra, **options)
+        image_noise = abduct_image(mechanism, x, pa, sample_ids, options)
     # The attributes' noise is abducted lazily by act(): only the recomputed descendants need it.
     noise = Exogenous(image=image_noise, attributes={})
     parents = scm.act(pa, resolved, noise.attributes)
@@ -353,9 +364,9 @@ class CounterfactualModel(pl.LightningModule):
         x, pa = self.check_inputs(x, pa)
         mechanism = self.mechanism
         options = mechanism.resolve_options(options)
-        extra = {"sample_ids": sample_ids} if mechanism.uses_sample_ids else {}
         return Exogenous(
-            image=mechanism.abduct(x, pa, **extra, **options), attributes=self.scm.abduct(pa)
+            image=abduct_image(mechanism, x, pa, sample_ids, options),
+            attributes=self.scm.abduct(pa),
         )
 
     @torch.inference_mode()
