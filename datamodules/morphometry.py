@@ -55,7 +55,7 @@ PERTURB_SCALE = 4
 #: The reference's seed for the medial axis's random tie-break (``rng=42``).
 MEDIAL_AXIS_SEED = 42
 #: Below this many images a worker pool costs more than it saves.
-_MIN_IMAGES_PER_WORKER = 64
+_MIN_IMAGES_PER_WORKER = 512
 #: SetThickness stops correcting a digit once it is this close to its target (px).
 _SET_TOLERANCE = 0.02
 #: Images per chunk of work.

@@ -56,21 +56,32 @@ class LatentLevel(nn.Module):
         z_channels: channels of the latent.
         parents: size of the attribute vector.
         cond_prior: let the prior see the attributes.
+        middle: channels inside the bottleneck blocks.
+        kernel: side of their inner convolutions (1 on maps of 2 x 2 or less).
     """
 
-    def __init__(self, width: int, z_channels: int, parents: int, cond_prior: bool):
+    def __init__(
+        self,
+        width: int,
+        z_channels: int,
+        parents: int,
+        cond_prior: bool,
+        middle: int,
+        kernel: int = 3,
+    ):
         super().__init__()
-        middle = max(8, width // 4)
         self.cond_prior = cond_prior
         self.z_channels = z_channels
         prior_in = width + (parents if cond_prior else 0)
         # The prior also proposes an update of h; zero-initialised, it starts as N(0, 1) and no-op.
         self.prior = Bottleneck(
-            prior_in, middle, 2 * z_channels + width, residual=False, zero_last=True
+            prior_in, middle, 2 * z_channels + width, residual=False, zero_last=True, kernel=kernel
         )
-        self.posterior = Bottleneck(2 * width + parents, middle, 2 * z_channels, residual=False)
+        self.posterior = Bottleneck(
+            2 * width + parents, middle, 2 * z_channels, residual=False, kernel=kernel
+        )
         self.merge = nn.Conv2d(z_channels + parents, width, 1)
-        self.block = Bottleneck(width, middle, width, zero_last=True)
+        self.block = Bottleneck(width, middle, width, zero_last=True, kernel=kernel)
 
     def prior_of(self, h: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.prior(torch.cat([h, pa_map], 1) if self.cond_prior else h)
@@ -134,6 +145,25 @@ class HVAENoise:
     residual: dict[str, Tensor] | None = None
 
 
+def _per_resolution(value, resolutions: Sequence[int], name: str) -> dict[int, int]:
+    """One integer per resolution, from an integer (the same everywhere) or ``[resolution, n]``
+    pairs that name every resolution."""
+    if isinstance(value, int):
+        return {r: int(value) for r in resolutions}
+    table = {int(r): int(n) for r, n in value}
+    if sorted(table, reverse=True) != list(resolutions):
+        raise ValueError(
+            f"{name} names resolutions {sorted(table, reverse=True)}, but the ladder has "
+            f"{list(resolutions)}: give one [resolution, n] pair for each, or one integer"
+        )
+    return table
+
+
+def _kernel(resolution: int) -> int:
+    """3 x 3 kernels, but 1 x 1 on maps of 2 x 2 or less, where a 3 x 3 sees mostly padding."""
+    return 3 if resolution > 2 else 1
+
+
 class HVAEMechanism(ImageMechanism):
     """Encoder, top-down decoder and output head (the networks the EMA averages), and the three
     steps, as a plain module.
@@ -141,20 +171,21 @@ class HVAEMechanism(ImageMechanism):
     Args:
         graph: the causal graph (its image parents condition every level).
         image_shape: ``(C, H, W)``.
-        width, levels, z_channels, cond_prior, encoder_blocks, patch, beta, temperature,
-            residual: see :class:`HierarchicalVAE`.
+        widths, levels, z_channels, cond_prior, encoder_blocks, patch, bottleneck, beta,
+            temperature, residual: see :class:`HierarchicalVAE`.
     """
 
     def __init__(
         self,
         graph,
         image_shape: Sequence[int],
-        width: int,
+        widths: int | Sequence[Sequence[int]],
         levels: Sequence[Sequence[int]],
         z_channels: int,
         cond_prior: bool,
-        encoder_blocks: int,
+        encoder_blocks: int | Sequence[Sequence[int]],
         patch: int = 1,
+        bottleneck: int = 4,
         beta: float = 1.0,
         temperature: float = 0.0,
         residual: bool = True,
@@ -165,38 +196,62 @@ class HVAEMechanism(ImageMechanism):
         parents = self.parents.dim
         self.beta = beta
         self.levels = [(int(r), int(n)) for r, n in levels]
-        latent_res = {r for r, _ in self.levels}
         top = image_size // patch
         if patch < 1 or patch & (patch - 1) or top * patch != image_size:
             raise ValueError(f"patch {patch} must be a power of 2 dividing {image_size} px")
-        bad = [r for r in latent_res if r > top or top % r or (top // r) & (top // r - 1)]
-        if bad:
-            raise ValueError(
-                f"latent resolutions {bad} must be ({image_size} px / patch {patch}) / 2^k"
-            )
-        self.resolutions = [top // 2**k for k in range(int(math.log2(top // min(latent_res))) + 1)]
-        middle = max(8, width // 4)
+        self.resolutions = self._ladder(widths, top, {r for r, _ in self.levels}, image_size, patch)
+        self.widths = _per_resolution(widths, self.resolutions, "widths")
+        blocks = _per_resolution(encoder_blocks, self.resolutions, "encoder_blocks")
+
+        def middle(r: int) -> int:
+            return max(1, self.widths[r] // bottleneck)
+
+        def projection(r: int, to: int) -> nn.Module | None:
+            return nn.Conv2d(self.widths[r], self.widths[to], 1) if r != to else None
+
         # patch > 1: the ladder runs on patch x patch pixel blocks (space-to-depth), and the head
         # puts them back. Convolutions at full resolution with few channels dominated the step
         # time on CPU; the likelihood stays per pixel.
         self.patch = patch
-        self.stem = nn.Conv2d(channels * patch**2, width, 3, padding=1)
+        self.stem = nn.Conv2d(channels * patch**2, self.widths[top], 3, padding=1)
         self.encoder = nn.ModuleDict(
             {
                 str(r): nn.Sequential(
-                    *[Bottleneck(width, middle, width) for _ in range(encoder_blocks)]
+                    *[
+                        Bottleneck(self.widths[r], middle(r), self.widths[r], kernel=_kernel(r))
+                        for _ in range(blocks[r])
+                    ]
                 )
                 for r in self.resolutions
             }
         )
+        # Where the width changes between resolutions, a 1 x 1 projection (at the coarser side:
+        # after pooling on the way up, before upsampling on the way down).
+        pairs = list(zip(self.resolutions[:-1], self.resolutions[1:]))
+        self.encoder_proj = nn.ModuleDict(
+            {
+                str(r): nn.Conv2d(self.widths[r], self.widths[c], 1)
+                for r, c in pairs
+                if self.widths[r] != self.widths[c]
+            }
+        )
+        self.decoder_proj = nn.ModuleDict(
+            {
+                str(c): nn.Conv2d(self.widths[c], self.widths[r], 1)
+                for r, c in pairs
+                if self.widths[r] != self.widths[c]
+            }
+        )
         lowest = self.resolutions[-1]
-        self.start = nn.Parameter(torch.zeros(1, width, lowest, lowest))
+        self.start = nn.Parameter(torch.zeros(1, self.widths[lowest], lowest, lowest))
         counts = dict(self.levels)
         self.decoder = nn.ModuleDict(
             {
                 str(r): nn.ModuleList(
                     [
-                        LatentLevel(width, z_channels, parents, cond_prior)
+                        LatentLevel(
+                            self.widths[r], z_channels, parents, cond_prior, middle(r), _kernel(r)
+                        )
                         for _ in range(counts.get(r, 0))
                     ]
                 )
@@ -206,20 +261,52 @@ class HVAEMechanism(ImageMechanism):
         # Resolutions without latents still get a block to refine h on the way up.
         self.refine = nn.ModuleDict(
             {
-                str(r): Bottleneck(width, middle, width, zero_last=True)
+                str(r): Bottleneck(
+                    self.widths[r], middle(r), self.widths[r], zero_last=True, kernel=_kernel(r)
+                )
                 for r in self.resolutions
                 if counts.get(r, 0) == 0
             }
         )
-        self.head = nn.Conv2d(width, 2 * channels * patch**2, 3, padding=1)
+        self.head = nn.Conv2d(self.widths[top], 2 * channels * patch**2, 3, padding=1)
+
+    @staticmethod
+    def _ladder(widths, top: int, latent_res: set[int], image_size: int, patch: int) -> list[int]:
+        """The ladder's resolutions, fine to coarse: those ``widths`` names, or ``top / 2^k``
+        down to the coarsest latent."""
+        if isinstance(widths, int):
+            bad = [r for r in latent_res if r > top or top % r or (top // r) & (top // r - 1)]
+            if bad:
+                raise ValueError(
+                    f"latent resolutions {bad} must be ({image_size} px / patch {patch}) / 2^k"
+                )
+            steps = int(math.log2(top // min(latent_res)))
+            return [top // 2**k for k in range(steps + 1)]
+        resolutions = sorted({int(r) for r, _ in widths}, reverse=True)
+        ratios = [a // b for a, b in zip(resolutions, resolutions[1:])]
+        if (
+            resolutions[0] != top
+            or any(a % b for a, b in zip(resolutions, resolutions[1:]))
+            or any(q & (q - 1) for q in ratios)
+        ):
+            raise ValueError(
+                f"widths must name resolutions from {top} ({image_size} px / patch {patch}) "
+                f"down, each a power-of-2 fraction of the one before; got {resolutions}"
+            )
+        missing = sorted(latent_res - set(resolutions))
+        if missing:
+            raise ValueError(f"latent resolutions {missing} are not among widths' {resolutions}")
+        return resolutions
 
     def encode(self, y: Tensor) -> dict[int, Tensor]:
         acts, h = {}, self.stem(F.pixel_unshuffle(y, self.patch))
-        for r in self.resolutions:
+        for r, coarser in zip(self.resolutions, self.resolutions[1:] + [None]):
             h = self.encoder[str(r)](h)
             acts[r] = h
-            if r != self.resolutions[-1]:
-                h = F.avg_pool2d(h, 2)
+            if coarser is not None:
+                h = F.avg_pool2d(h, r // coarser)
+                if str(r) in self.encoder_proj:
+                    h = self.encoder_proj[str(r)](h)
         return acts
 
     def top_down(
@@ -241,7 +328,10 @@ class HVAEMechanism(ImageMechanism):
             if str(r) in self.refine:
                 h = self.refine[str(r)](h)
             if r != self.resolutions[0]:
-                h = F.interpolate(h, scale_factor=2, mode="nearest")
+                if str(r) in self.decoder_proj:
+                    h = self.decoder_proj[str(r)](h)
+                finer = self.resolutions[self.resolutions.index(r) - 1]
+                h = F.interpolate(h, scale_factor=finer // r, mode="nearest")
         mean, log_scale = F.pixel_shuffle(self.head(h), self.patch).chunk(2, 1)
         return DiscretizedGaussian(mean, log_scale), outputs
 
@@ -285,10 +375,15 @@ class HierarchicalVAE(CounterfactualModel):
     Args:
         graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, ema_decay,
             skip_grad_norm: see :class:`~models.base.CounterfactualModel`.
-        width: channels of the ladder.
+        width: channels of the ladder: one integer for every resolution, or ``[resolution,
+            channels]`` pairs, fine to coarse, which also set the ladder's resolutions (e.g.
+            ``[[32, 16], [16, 32], [8, 64], [4, 128], [1, 256]]``, as VDVAE and causal-gen
+            spend few channels where the maps are large).
         levels: ``[resolution, number of latents]`` pairs, e.g. ``[[4, 2], [8, 2]]``.
         z_channels: channels of each latent.
-        encoder_blocks: residual blocks per resolution in the encoder.
+        encoder_blocks: residual blocks per resolution in the encoder: one integer, or
+            ``[resolution, blocks]`` pairs for every resolution.
+        bottleneck: a block's inner channels are its width divided by this (VDVAE's 4).
         patch: side of the pixel blocks the ladder works on (1: every pixel; 2: a 32 px image
             becomes 16 x 16 blocks of 2 x 2, about twice the steps per second on CPU).
         cond_prior: condition the priors on the attributes (the latent mediator). Off by default:
@@ -306,11 +401,12 @@ class HierarchicalVAE(CounterfactualModel):
         graph: Mapping[str, Any],
         image_shape: Sequence[int],
         dataset: str = "unknown",
-        width: int = 64,
+        width: int | Sequence[Sequence[int]] = 64,
         levels: Sequence[Sequence[int]] = ((4, 2), (8, 2)),
         z_channels: int = 2,
-        encoder_blocks: int = 1,
+        encoder_blocks: int | Sequence[Sequence[int]] = 1,
         patch: int = 2,
+        bottleneck: int = 4,
         cond_prior: bool = False,
         beta: float = 1.0,
         temperature: float = 0.0,
@@ -346,6 +442,7 @@ class HierarchicalVAE(CounterfactualModel):
                 cond_prior,
                 encoder_blocks,
                 patch,
+                bottleneck,
                 beta,
                 temperature,
                 residual,

@@ -15,6 +15,8 @@ class Bottleneck(nn.Module):
         residual: add the input (needs ``in_channels == out_channels``).
         zero_last: start the last convolution at zero, so a residual block begins as the
             identity; keeps deep ladders stable at initialisation.
+        kernel: side of the two inner convolutions: 3, or 1 where the map is so small (2 x 2 or
+            1 x 1) that a 3 x 3 kernel would see mostly padding.
     """
 
     def __init__(
@@ -24,6 +26,7 @@ class Bottleneck(nn.Module):
         out_channels: int,
         residual: bool = True,
         zero_last: bool = False,
+        kernel: int = 3,
     ):
         super().__init__()
         if residual and in_channels != out_channels:
@@ -36,9 +39,9 @@ class Bottleneck(nn.Module):
             nn.GELU(),
             nn.Conv2d(in_channels, middle, 1),
             nn.GELU(),
-            nn.Conv2d(middle, middle, 3, padding=1),
+            nn.Conv2d(middle, middle, kernel, padding=kernel // 2),
             nn.GELU(),
-            nn.Conv2d(middle, middle, 3, padding=1),
+            nn.Conv2d(middle, middle, kernel, padding=kernel // 2),
             nn.GELU(),
             last,
         )

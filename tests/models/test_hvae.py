@@ -68,3 +68,84 @@ def test_outlier_updates_are_skipped(morpho):
     trainer.fit(model, train_dataloaders=morpho.train_dataloader())
     assert int(model.skipped_updates) == 3
     assert all(torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+
+
+def _bottleneck_params(inner: int, middle: int, out: int, kernel: int) -> int:
+    """1x1 -> kxk -> kxk -> 1x1 convolutions, with biases."""
+    return (
+        (inner * middle + middle)
+        + 2 * (middle * middle * kernel**2 + middle)
+        + (middle * out + out)
+    )
+
+
+def test_every_resolution_s_width_is_honoured(morpho):
+    """A parameter count from the config alone equals the built mechanism's."""
+    widths = {32: 8, 16: 16, 8: 24, 4: 32, 1: 48}
+    levels = {1: 1, 4: 2, 8: 1, 16: 1}  # no latent at 32: a refine block there
+    blocks = {32: 1, 16: 2, 8: 1, 4: 1, 1: 3}
+    z, bottleneck = 3, 4
+    model = tiny(
+        morpho,
+        width=[[r, w] for r, w in widths.items()],
+        levels=[[r, n] for r, n in levels.items()],
+        encoder_blocks=[[r, n] for r, n in blocks.items()],
+        z_channels=z,
+        patch=1,
+        bottleneck=bottleneck,
+        cond_prior=True,
+    )
+    parents = model.mechanism.parents.dim
+    channels = morpho.image_shape[0]
+    expected = (channels * 9 * widths[32] + widths[32]) + (
+        widths[32] * 9 * 2 * channels + 2 * channels
+    )
+    expected += widths[1]  # the learned start of the top-down pass, 1 x 1
+    resolutions = sorted(widths, reverse=True)
+    for r in resolutions:
+        w, m, k = widths[r], widths[r] // bottleneck, 3 if r > 2 else 1
+        expected += blocks[r] * _bottleneck_params(w, m, w, k)
+        level = (
+            _bottleneck_params(w + parents, m, 2 * z + w, k)  # prior
+            + _bottleneck_params(2 * w + parents, m, 2 * z, k)  # posterior
+            + (z + parents) * w
+            + w  # merge
+            + _bottleneck_params(w, m, w, k)  # block
+        )
+        expected += levels.get(r, 0) * level
+        if r not in levels:
+            expected += _bottleneck_params(w, m, w, k)  # refine
+    for fine, coarse in zip(resolutions, resolutions[1:]):
+        expected += 2 * (widths[fine] * widths[coarse] + widths[fine])  # proj. both ways
+        expected += widths[coarse] - widths[fine]  # the biases differ by direction
+    assert sum(p.numel() for p in model.mechanism.parameters()) == expected
+    encoder = model.mechanism.encoder
+    assert [encoder[str(r)][0].net[1].in_channels for r in resolutions] == list(widths.values())
+
+
+def test_per_resolution_ladder_null_intervention_is_exact(morpho, test_batch):
+    model = tiny(
+        morpho, width=[[32, 8], [16, 16], [4, 32]], levels=[[4, 1], [16, 1]], patch=1
+    ).eval()
+    x, pa = test_batch["x"], test_batch["pa"]
+    assert torch.allclose(model.counterfactual(x, pa, {}).image, x, atol=1e-5)
+    noise = model.abduct(x, pa, residual=False)
+    assert [level.shape[-1] for level in noise.image.levels] == [4, 16]
+
+
+@pytest.mark.parametrize(
+    ("width", "message"),
+    [
+        ([[32, 8], [12, 16]], "power-of-2 fraction"),
+        ([[16, 8], [8, 16]], "from 32"),
+        ([[32, 8], [16, 16]], r"latent resolutions \[4\]"),
+    ],
+)
+def test_bad_ladders_are_refused_with_the_reason(morpho, width, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(morpho, width=width, levels=[[4, 1], [16, 1]], patch=1)
+
+
+def test_encoder_blocks_must_name_every_resolution(morpho):
+    with pytest.raises(ValueError, match="encoder_blocks names resolutions"):
+        tiny(morpho, width=[[32, 8], [16, 16], [8, 16], [4, 32]], encoder_blocks=[[32, 1]], patch=1)

@@ -1,0 +1,174 @@
+"""Training and counterfactual throughput of every family, at its CPU default and its _large config.
+
+For each model config (--models) and batch size (--batch-sizes), on causal Morpho-MNIST:
+  - training images/s: ``trainer.fit`` through Lightning as train.py runs it (optimiser, EMA,
+    gradient-norm checks and the attribute SCM included), timed over --steps steps after
+    --warmup steps (fewer once --budget seconds have passed);
+  - counterfactuals/s: ``model.counterfactual`` for do(thickness + 1) at its default options on
+    a test batch of that size, median of --repeats calls after one warm-up call (one call, no
+    warm-up, when a call takes longer than --budget seconds);
+  - parameters of the image mechanism.
+
+Run it with no other job on the machine; the README's zoo table cites its results file.
+
+    python benchmarks/throughput.py [--models vae hvae hvae_large ...] [--batch-sizes 32 256]
+        [--steps 20] [--out benchmarks/results/throughput.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, publish  # noqa: E402
+
+MODELS = ["vae", "hvae", "hvae_large", "flow", "flow_large", "diffae", "diffae_large"]
+
+
+class StepTimer(pl.Callback):
+    """Wall time of the training steps after the warm-up ones; stops after ``budget`` seconds."""
+
+    def __init__(self, warmup: int, budget: float):
+        self.warmup = warmup
+        self.budget = budget
+        self.start: float | None = None
+        self.end: float | None = None
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.warmup and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.start is not None:
+            self.steps += 1
+            self.end = time.perf_counter()
+            if self.end - self.start > self.budget:
+                trainer.should_stop = True
+
+
+def build(model_name: str, batch_size: int):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"model={model_name}",
+                f"data.batch_size={batch_size}",
+                f"paths.root_dir={ROOT}",
+            ],
+        )
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(
+        cfg.model,
+        graph=datamodule.graph.to_dict(),
+        image_shape=list(datamodule.image_shape),
+        dataset=datamodule.name,
+        _convert_="all",
+    )
+    return model, datamodule
+
+
+def measure(
+    model_name: str, batch_size: int, warmup: int, steps: int, repeats: int, budget: float
+) -> dict:
+    torch.manual_seed(0)
+    model, datamodule = build(model_name, batch_size)
+    timer = StepTimer(warmup, budget)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    train_rate = timer.steps * batch_size / (timer.end - timer.start)
+
+    model.eval()
+    datamodule.setup("test")
+    test = datamodule.test_set
+    batch = test.batch(range(min(batch_size, len(test))))
+    do = {"thickness": lambda t: t + 1}
+    times = []
+    for call in range(repeats + 1):
+        start = time.perf_counter()
+        model.counterfactual(batch["x"], batch["pa"], do)
+        elapsed = time.perf_counter() - start
+        # The first call is a warm-up, unless it is so slow that warming up costs nothing.
+        if call or elapsed > budget:
+            times.append(elapsed)
+        if elapsed > budget:
+            break
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "train_images_per_s": train_rate,
+        "counterfactuals_per_s": len(batch["x"]) / statistics.median(times),
+        "timed_steps": timer.steps,
+        "cf_calls": len(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=MODELS, help="model configs")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--repeats", type=int, default=3, help="timed counterfactual calls")
+    parser.add_argument(
+        "--budget", type=float, default=60.0, help="seconds after which a timing stops repeating"
+    )
+    parser.add_argument("--out", help="also write the markdown table here (and .json beside it)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    rows = []
+    for name in args.models:
+        for batch_size in args.batch_sizes:
+            row = measure(name, batch_size, args.warmup, args.steps, args.repeats, args.budget)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, commit {commit}. Training: {args.steps} steps after "
+        f"{args.warmup}; counterfactuals: do(thickness + 1), median of up to {args.repeats} calls.",
+        "",
+        "| model | parameters | batch | training images/s | counterfactuals/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['batch_size']} "
+            f"| {r['train_images_per_s']:.1f} | {r['counterfactuals_per_s']:.1f} |"
+        )
+    publish("\n".join(lines), args.out)
+    if args.out:
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
