@@ -1,7 +1,9 @@
 """Hierarchical VAE image mechanism (VDVAE ladder; Ribeiro, Xia, Monteiro, Pawlowski & Glocker,
 "High Fidelity Image Counterfactuals with Probabilistic Causal Models", ICML 2023).
 
-- a bottom-up encoder over several resolutions;
+- a bottom-up encoder over several resolutions, with a width (channels) and a number of
+  bottleneck residual blocks per resolution, as VDVAE and causal-gen spend few channels where the
+  maps are large (``model=hvae_large`` is causal-gen's Morpho-MNIST architecture);
 - a top-down decoder with stochastic latents ``z_l`` at several resolutions, the attributes
   injected at every level (into the posterior, into the merge of ``z_l`` and, with
   ``cond_prior=True``, into the prior: the "latent mediator" through which an intervention on the
