@@ -12,7 +12,9 @@ For each model config (--models) and batch size (--batch-sizes), on causal Morph
 Run it with no other job on the machine; the README's zoo table cites its results file.
 
     python benchmarks/throughput.py [--models vae hvae hvae_large ...] [--batch-sizes 32 256]
-        [--steps 20] [--out benchmarks/results/throughput.md]
+        [--steps 20] [--warmup 5] [--budget 60] [--out benchmarks/results/throughput.md]
+
+benchmarks/results/throughput.md was made with --steps 15 --warmup 3 --budget 45.
 """
 
 from __future__ import annotations
@@ -129,6 +131,26 @@ def measure(
     }
 
 
+def render(rows: list[dict], out: str) -> str:
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}. Training images/s over the timed steps (after the warm-up "
+        "ones); counterfactuals/s for do(thickness + 1) at the default options, the median of "
+        f"the timed calls. Rows: `{Path(out).with_suffix('.jsonl').name}`.",
+        "",
+        "| model | parameters | batch | training images/s | timed steps "
+        "| counterfactuals/s | timed calls | commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['batch_size']} "
+            f"| {r['train_images_per_s']:.1f} | {r['timed_steps']} "
+            f"| {r['counterfactuals_per_s']:.1f} | {r['cf_calls']} | `{r['commit']}` |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -141,33 +163,40 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=60.0, help="seconds after which a timing stops repeating"
     )
-    parser.add_argument("--out", help="also write the markdown table here (and .json beside it)")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "throughput.md"),
+        help="the markdown table; its rows go to the .jsonl beside it, one per line as each is "
+        "measured, and a row already there is kept (a killed run resumes)",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="measure nothing: rewrite the table"
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    rows = []
+    rows_path = Path(args.out).with_suffix(".jsonl")
+    rows = (
+        [json.loads(line) for line in rows_path.read_text().splitlines()]
+        if rows_path.exists()
+        else []
+    )
+    done = {(r["model"], r["batch_size"]) for r in rows}
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     for name in args.models:
         for batch_size in args.batch_sizes:
+            if (name, batch_size) in done or args.render_only:
+                continue
             row = measure(name, batch_size, args.warmup, args.steps, args.repeats, args.budget)
+            row["commit"] = commit
             rows.append(row)
+            rows_path.parent.mkdir(parents=True, exist_ok=True)
+            with rows_path.open("a") as stream:
+                stream.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
-    lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, commit {commit}. Training: {args.steps} steps after "
-        f"{args.warmup}; counterfactuals: do(thickness + 1), median of up to {args.repeats} calls.",
-        "",
-        "| model | parameters | batch | training images/s | counterfactuals/s |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['batch_size']} "
-            f"| {r['train_images_per_s']:.1f} | {r['counterfactuals_per_s']:.1f} |"
-        )
-    publish("\n".join(lines), args.out)
-    if args.out:
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    order = {name: i for i, name in enumerate(MODELS)}
+    rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["batch_size"]))
+    publish(render(rows, args.out), args.out)
 
 
 if __name__ == "__main__":
