@@ -31,6 +31,7 @@ from metrics.report import write_report
 from metrics.rng import seeded
 from metrics.suite import SuiteSettings, intervention_variables, run_suite
 from models.base import CounterfactualModel
+from models.config_types import check_override_types
 from models.loading import load_model
 
 log = logging.getLogger("cfzoo.evaluate")
@@ -180,6 +181,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    check_override_types(cfg, "evaluate")  # a mistyped value fails here, naming its key
     report = evaluate(cfg)
     print(Path(report["files"]["md"]).read_text())
     for name, path in report["files"].items():

@@ -23,7 +23,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from datamodules.base import CounterfactualDataModule
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
-from models.base import CounterfactualModel
+from models.base import CounterfactualModel, check_resumable
+from models.config_types import check_override_types
 from models.loading import read_checkpoint
 
 log = logging.getLogger("cfzoo.train")
@@ -38,8 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"model {cfg.model._target_} is a reference model, not trainable: "
             "score it with `python evaluate.py model=oracle` (or identity)"
         )
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # a clear error for a missing or corrupt file, up front
+    # a clear error for a missing or corrupt file, up front
+    resumed = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: CounterfactualDataModule = instantiate(cfg.data, _convert_="all")
@@ -52,6 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dataset=datamodule.name,
         _convert_="all",
     )
+    if resumed is not None:
+        check_resumable(resumed, model, cfg.ckpt_path)
     if getattr(model, "finetuning", None) is not None:
         # The judge of fine-tuning is the dataset's "finetune" judge; evaluate.py scores with
         # another one, trained apart (a judge that trains a model never scores it).
@@ -73,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.name,
         len(datamodule.train_set),
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # the unmonitored checkpoint keeps the latest epoch, the monitored one the best
@@ -99,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    check_override_types(cfg, "train")  # a mistyped value fails here, naming its key
     metrics = train(cfg)
     for key in ("last_ckpt", "best_ckpt", "grid"):
         if key in metrics:

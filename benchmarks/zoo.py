@@ -121,7 +121,7 @@ def train_with_budget(
         [
             f"model={family}",
             f"seed={seed}",
-            f"+trainer.max_time={budget}",
+            f"trainer.max_time={budget}",
             "trainer.max_epochs=100000",
             *overrides,
         ],

@@ -237,6 +237,11 @@ class CausalGraph:
             ValueError: an unknown name, a wrong shape, or a value outside the support; the message
                 names the variable and its support.
         """
+        if not isinstance(do, Mapping):
+            raise ValueError(
+                f"do must map variable names to values, e.g. {{'{self.names[0]}': value}}; got "
+                f"{type(do).__name__} {do!r:.80}"
+            )
         batch = _batch_size(pa)
         resolved: dict[str, Tensor] = {}
         for name, value in do.items():
@@ -249,8 +254,15 @@ class CausalGraph:
             if callable(value):
                 if name not in pa:
                     raise ValueError(f"soft intervention on '{name}' needs its factual value in pa")
-                value = value(pa[name])
-            value = torch.as_tensor(value)
+                # a copy: an in-place function must not change the caller's attributes
+                value = value(pa[name].clone())
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(
+                    f"do({name}=...) must be a number, a tensor or a function of the factual "
+                    f"value; got {type(value).__name__} {value!r:.80}"
+                ) from error
             if value.dim() == 0:
                 value = value.expand(batch)
             elif tuple(value.shape) != (batch,):

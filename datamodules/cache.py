@@ -90,6 +90,25 @@ def load_or_build(
     return arrays, path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of writes to ``path`` whose process is gone (killed mid-write);
+    a write still running in another process keeps its own."""
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 1 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Write ``path`` through ``write(temporary_path)``, then rename it into place.
 
@@ -99,7 +118,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(handle)
     try:
         write(temporary)
@@ -109,6 +131,24 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+#: The setting that moves a run's outputs, named when one can't be written.
+RUN_DIR_SETTING = "paths.log_dir (or hydra.run.dir)"
+
+
+def write_output(path: str | Path, write: Callable[[str], None]) -> Path:
+    """:func:`atomic_write` for a run's outputs (reports, figures): a full disk leaves no half
+    file, and the error names the setting that moves the run."""
+    try:
+        atomic_write(path, write)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"cannot write {path} ({error.strerror or error}): free space there or move the run "
+            f"with {RUN_DIR_SETTING}",
+        ) from error
+    return Path(path)
 
 
 def ensure_writable(directory: str | Path, what: str, setting: str) -> None:

@@ -50,6 +50,7 @@ from datamodules.base import (
     CausalGraph,
     Variable,
 )
+from datamodules.workers import die_with_parent
 
 __all__ = [
     "GRAPHS",
@@ -172,6 +173,17 @@ def read_attributes(path: str | Path) -> tuple[list[str], dict[str, np.ndarray]]
     return files, {name: np.ascontiguousarray(values[:, i]) for i, name in enumerate(names)}
 
 
+def _check_file_names(path: Path, files: list[str]) -> None:
+    """CelebA lists bare file names (``000001.jpg``): a path, absolute or with ``..``, would read
+    a file outside the image folder."""
+    for row, name in enumerate(files, start=1):
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ValueError(
+                f"{path}: image {row} is listed as {name!r}, not a file name inside "
+                f"{IMAGE_FOLDER}/ (CelebA lists bare names such as 000001.jpg)"
+            )
+
+
 def read_partition(path: str | Path) -> dict[str, int]:
     """Parse ``list_eval_partition.txt``: image file name -> 0 (train), 1 (val) or 2 (test)."""
     path = Path(path)
@@ -261,7 +273,12 @@ def load_faces(
         # fork is cheap, and the workers only run PIL and numpy (never torch). A worker's error
         # (a corrupt image) comes back as the exception; cancelling the rest leaves no worker.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
         results = pool.map(decode, chunks)
     try:
         for chunk in results:
@@ -452,6 +469,7 @@ class CelebADataModule(CachedArrayDataModule):
         """
         self.ensure_files()
         files, attributes = read_attributes(self.attribute_file)
+        _check_file_names(self.attribute_file, files)
         _check_columns(self.attribute_file, list(attributes), self.graph.names)
         partition = read_partition(self.partition_file)
         unlisted = [f for f in files if f not in partition]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,32 @@ def _read_table(table: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
+def _check_files(
+    rows: Sequence[Mapping[str, str]], root: Path, table: Path, unique: bool = True
+) -> None:
+    """Every ``file`` lies inside ``root`` (no absolute paths, no ``..`` out of it) and, with
+    ``unique``, is listed once: a file in two rows, or in two splits, would leak test images
+    into training."""
+    root = root.resolve()
+    seen: dict[Path, int] = {}
+    for line, row in enumerate(rows, start=2):
+        name = (row.get("file") or "").strip()
+        if not name:
+            raise ValueError(f"{table} row {line}: the 'file' column is empty")
+        path = (root / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(root):
+            raise ValueError(
+                f"{table} row {line}: file '{name}' lies outside the folder {root}; list files "
+                "by their path inside it"
+            )
+        if unique and path in seen:
+            raise ValueError(
+                f"{table} rows {seen[path]} and {line} both list '{name}': list each image once "
+                "(a file in two rows or two splits leaks between training and testing)"
+            )
+        seen[path] = line
+
+
 def _parse_attributes(
     rows: Sequence[Mapping[str, str]], kinds: Mapping[str, str], table: Path
 ) -> dict[str, np.ndarray]:
@@ -197,6 +224,12 @@ def _parse_attributes(
                     f"{table} row {line}: column '{name}' holds '{text}', not {wanted}"
                 ) from error
         out[name] = np.asarray(column, dtype=np.float32 if kind == CONTINUOUS else np.int64)
+        if kind == CONTINUOUS and not np.isfinite(out[name]).all():
+            line = int(np.flatnonzero(~np.isfinite(out[name]))[0]) + 2
+            raise ValueError(
+                f"{table} row {line}: column '{name}' holds '{rows[line - 2].get(name)}', not a "
+                "finite number"
+            )
     return out
 
 
@@ -310,6 +343,7 @@ class FolderDataModule(CachedArrayDataModule):
         self.graph_path = self.root / graph
         spec = read_graph_spec(self.graph_path)
         self._rows = _read_table(self.table_path, list(spec["variables"]))
+        _check_files(self._rows, self.root, self.table_path)
         kinds = {name: entry["kind"] for name, entry in spec["variables"].items()}
         values = _parse_attributes(self._rows, kinds, self.table_path)
         self.graph = graph_from_yaml(self.graph_path, values)
@@ -382,6 +416,7 @@ def load_image_folder(
     """
     folder, table = Path(folder), Path(table)
     rows = _read_table(table, graph.names)
+    _check_files(rows, folder, table, unique=False)
     values = _parse_attributes(rows, _kinds(graph), table)
     _check_support(values, graph, table)
     images = _read_images(folder, rows, table, image_shape, progress=False)
@@ -390,8 +425,24 @@ def load_image_folder(
     return x, pa, [row["file"] for row in rows]
 
 
+def _share(num: int, sizes: list[int]) -> list[int]:
+    """``num`` samples spread over splits of ``sizes`` in proportion, summing to ``num`` exactly
+    (largest remainders first)."""
+    total = sum(sizes)
+    exact = [num * size / total for size in sizes]
+    counts = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: num - sum(counts)]:
+        counts[i] += 1
+    return [min(c, size) for c, size in zip(counts, sizes)]
+
+
 def write_image_folder(
-    datamodule, out: str | Path, num: int | None = None, progress: bool = True
+    datamodule,
+    out: str | Path,
+    num: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a datamodule's samples as a folder :class:`FolderDataModule` reads.
 
@@ -401,17 +452,31 @@ def write_image_folder(
 
     Args:
         num: write only this many samples, spread over the splits in proportion (all: ``None``).
+        overwrite: replace an earlier export's ``attributes.csv``, ``graph.yaml`` and images;
+            without it a folder that holds any of them is refused before anything is written.
     """
     out = Path(out)
+    if num is not None and num < 1:
+        raise ValueError(f"num must be at least 1 (samples to write), got {num}")
+    taken = [out / name for name in ("attributes.csv", "graph.yaml") if (out / name).exists()]
+    if (out / "images").is_dir() and any((out / "images").iterdir()):
+        taken.append(out / "images")
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(str(t) for t in taken)}: choose an empty folder, "
+            "or pass --overwrite (overwrite=True) to replace them"
+        )
     (out / "images").mkdir(parents=True, exist_ok=True)
     datamodule.prepare_data()
     datamodule.setup()
     splits = {"train": datamodule.train_set, "val": datamodule.val_set, "test": datamodule.test_set}
-    total = sum(len(s) for s in splits.values())
+    sizes = [len(s) for s in splits.values()]
+    counts = sizes if num is None else _share(num, sizes)
     names = datamodule.graph.names
     rows = []
-    for split, dataset in splits.items():
-        count = len(dataset) if num is None else max(1, round(num * len(dataset) / total))
+    for (split, dataset), count in zip(splits.items(), counts):
+        if count == 0:
+            continue
         positions = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist()
         batch = dataset.batch(positions)
         for n in tqdm(range(len(positions)), desc=f"writing {split}", disable=not progress):
@@ -464,9 +529,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="morphomnist", choices=generated)
     parser.add_argument("--num", type=int, default=600, help="samples to write (default 600)")
     parser.add_argument("--data-dir", default="data", help="the dataset's cache (default data)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     args = parser.parse_args(argv)
+    if args.num < 1:
+        parser.error(f"--num must be at least 1, got {args.num}")
     datamodule = DATAMODULES[args.dataset](data_dir=args.data_dir)
-    out = write_image_folder(datamodule, args.out, num=args.num)
+    try:
+        out = write_image_folder(datamodule, args.out, num=args.num, overwrite=args.overwrite)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     count = len((out / "attributes.csv").read_text().splitlines()) - 1
     print(f"wrote {count} {args.dataset} samples to {out} (graph.yaml, attributes.csv, images/)")
     return 0

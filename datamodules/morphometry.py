@@ -37,6 +37,8 @@ from scipy import ndimage as ndi
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from datamodules.workers import die_with_parent
+
 __all__ = [
     "Morphometrics",
     "measure",
@@ -233,9 +235,11 @@ def _binarise(upsampled: np.ndarray) -> np.ndarray:
     return (upsampled >= low + 0.5 * (high - low)) & (high > low)
 
 
-def _one_blas_thread() -> None:
-    """Pool initialiser: BLAS threads of their own in each worker would oversubscribe the cores."""
+def _init_worker(parent: int) -> None:
+    """Pool initialiser: one BLAS thread (threads of their own in each worker would oversubscribe
+    the cores), and death with the parent."""
     threadpool_limits(1)
+    die_with_parent(parent)
 
 
 def _map_chunks(
@@ -270,7 +274,9 @@ def _map_chunks(
         # fork is cheap, and these workers only run numpy / scipy (never torch).
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(workers, context, initializer=_one_blas_thread) as pool:
+        with ProcessPoolExecutor(
+            workers, context, initializer=_init_worker, initargs=(os.getpid(),)
+        ) as pool:
             for chunk, result in zip(chunks, pool.map(fn, *zip(*chunks))):
                 results.append(result)
                 bar.update(len(chunk[0]))

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from datamodules.cache import write_output  # noqa: E402
+
 
 def _abbreviate(name: str) -> str:
     """``thickness`` -> ``thick``, ``shadow_length`` -> ``shad_leng``: short, still distinct."""
@@ -57,8 +59,7 @@ def save_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    write_output(path, lambda temporary: fig.savefig(temporary, dpi=130, format="png"))
     plt.close(fig)
     return path
 

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from datamodules.cache import write_output  # noqa: E402
+
 
 def _fmt(stat: dict[str, float] | None, digits: int = 2, percent: bool = False) -> str:
     if stat is None:
@@ -195,7 +197,7 @@ def composition_figure(report: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Composition: {report['model']}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    write_output(path, lambda temporary: fig.savefig(temporary, dpi=130, format="png"))
     plt.close(fig)
     return path
 
@@ -221,7 +223,7 @@ def effectiveness_figure(report: dict[str, Any], path: Path, bins: int = 6) -> P
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    write_output(path, lambda temporary: fig.savefig(temporary, dpi=130, format="png"))
     plt.close(fig)
     return path
 
@@ -231,8 +233,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
-    paths["md"].write_text(markdown(report))
+    text = json.dumps(report, indent=2, default=str)
+    write_output(paths["json"], lambda temporary: Path(temporary).write_text(text))
+    write_output(paths["md"], lambda temporary: Path(temporary).write_text(markdown(report)))
     paths["composition"] = composition_figure(report, out_dir / "composition.png")
     figure = effectiveness_figure(report, out_dir / "effectiveness.png")
     if figure:

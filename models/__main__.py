@@ -95,11 +95,58 @@ def _interventions(cfg) -> dict:
     return do
 
 
+#: The settings this command reads; a mistyped one is refused, not ignored.
+KEYS = {
+    "ckpt_path", "split", "folder", "csv", "do", "shift", "num", "out_dir", "data_dir", "data",
+    "batch_size", "opt",
+}  # fmt: skip
+
+
+def _settings(argv: list[str]):
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        raise ValueError(
+            f"{flags[0]} is not a setting: this command takes KEY=VALUE (e.g. num=4, not "
+            "--num 4); see python -m models --help"
+        )
+    bare = [a for a in argv if "=" not in a]
+    if bare:
+        raise ValueError(f"'{bare[0]}' has no value: write KEY=VALUE (python -m models --help)")
+    cfg = OmegaConf.from_dotlist(argv)
+    unknown = sorted(set(cfg) - KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown setting '{unknown[0]}': the settings are {', '.join(sorted(KEYS))} "
+            "(python -m models --help)"
+        )
+    num = cfg.get("num", 16)
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a whole number of images, at least 1; got {num!r}")
+    return cfg
+
+
+def _output_names(names: list[str]) -> list[str]:
+    """One output file per input, whatever the names: ``a/x.png`` and ``b/x.png`` become
+    ``a/x_cf.png`` and ``b/x_cf.png``; a name that would leave the output folder, or repeats,
+    gets its row number."""
+    taken: set[str] = set()
+    targets = []
+    for row, name in enumerate(names):
+        path = Path(name)
+        inside = not path.is_absolute() and ".." not in path.parts
+        target = (path.parent / f"{path.stem}_cf.png").as_posix() if inside else ""
+        if not inside or target in taken:
+            target = f"{row:05d}_{path.stem}_cf.png"
+        taken.add(target)
+        targets.append(target)
+    return targets
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    cfg = OmegaConf.from_dotlist(argv)
+    cfg = _settings(argv)
     if not cfg.get("ckpt_path"):
         raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")
     model = load_model(cfg.ckpt_path)
@@ -129,8 +176,8 @@ def main(argv: list[str]) -> int:
             + [f"factual_{n}" for n in parents]
             + [f"cf_{n}" for n in parents]
         )
-        for i, name in enumerate(names):
-            target = f"{Path(name).stem}_cf.png"
+        for i, (name, target) in enumerate(zip(names, _output_names(names))):
+            (out_dir / target).parent.mkdir(parents=True, exist_ok=True)
             save_image(images[i], out_dir / target)
             writer.writerow(
                 [name, target]

@@ -24,7 +24,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import math
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -55,6 +57,10 @@ log = logging.getLogger(__name__)
 
 #: Key under which a checkpoint records its model class, for ``models.load_model``.
 CHECKPOINT_CLASS_KEY = "cfzoo_model"
+#: SHA-256 of the weights (every state_dict tensor's name, dtype, shape and bytes), checked on load.
+CHECKPOINT_DIGEST_KEY = "cfzoo_state_sha256"
+#: Entries that hold NaN on purpose: an unset fine-tuning target (and its format-1 name).
+_NAN_SENTINELS = ("loss_target", "elbo_target")
 #: Key of the checkpoint layout: 2 since the LightningModules wrap mechanisms (``net.*``).
 CHECKPOINT_FORMAT_KEY = "cfzoo_format"
 CHECKPOINT_FORMAT = 2
@@ -128,6 +134,8 @@ class ImageMechanism(nn.Module):
                 f"{type(self).__name__} has no counterfactual option(s) {sorted(unknown)}; "
                 f"it accepts: {accepted}"
             )
+        for name, value in options.items():
+            _check_option(type(self).__name__, name, value, self.option_defaults[name])
         return {name: options.get(name, default) for name, default in self.option_defaults.items()}
 
     def abduct(self, x: Tensor, pa: Mapping[str, Tensor], **options: Any) -> Any:
@@ -140,6 +148,47 @@ class ImageMechanism(nn.Module):
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+
+#: How far outside [0, 1] a pixel may stray (float rounding of an earlier model's output).
+PIXEL_TOLERANCE = 1e-3
+
+
+def check_images(x: Tensor) -> None:
+    """Images are floating point, finite and in [0, 1]; the error says which and how to fix it."""
+    if not x.is_floating_point():
+        raise ValueError(
+            f"images must be floating point in [0, 1], got {x.dtype}: convert 8-bit images with "
+            "x.float() / 255"
+        )
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not finite.all():
+        rows = (~finite).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"images {rows} hold NaN or infinite pixels")
+    low, high = float(x.min()), float(x.max())
+    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        hint = ": 0-255 images need x / 255" if high > 2 else ""
+        raise ValueError(f"images must be in [0, 1], got pixels from {low:.4g} to {high:.4g}{hint}")
+
+
+def _check_option(family: str, name: str, value: Any, default: Any) -> None:
+    """An option takes its default's type; a number is finite and not negative (every option of
+    the families is a switch, a count, a temperature or a scale)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{family} option {name} must be true or false, got {value!r}")
+        return
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        kind = "a finite number"
+    else:
+        return
+    if not ok or value < 0:
+        raise ValueError(f"{family} option {name} must be {kind}, at least 0; got {value!r}")
 
 
 def abduct_image(
@@ -411,6 +460,7 @@ class CounterfactualModel(pl.LightningModule):
                 f"expected images of shape (B, {', '.join(map(str, self.image_shape))}) in [0, 1] "
                 f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
             )
+        check_images(x)
         missing = [name for name in self.graph.names if name not in pa]
         if missing:
             raise ValueError(
@@ -578,6 +628,7 @@ class CounterfactualModel(pl.LightningModule):
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
         checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
         checkpoint[TRAINED_AGAINST_KEY] = self.trained_against
+        stamp_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         migrate_checkpoint(checkpoint)
@@ -615,6 +666,81 @@ def migrate_checkpoint(checkpoint: dict[str, Any]) -> None:
     checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
 
 
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 over a state dict's tensors: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, Tensor):
+            continue
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{flat.dtype}:{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def stamp_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Record the weights' digest, which :func:`read_checkpoint` checks."""
+    checkpoint[CHECKPOINT_DIGEST_KEY] = state_digest(checkpoint.get("state_dict", {}))
+
+
+def _check_weights(checkpoint: dict[str, Any], path: Path) -> None:
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        return  # not a model checkpoint: load_model says so
+    expected = checkpoint.get(CHECKPOINT_DIGEST_KEY)
+    if expected is not None and state_digest(state) != expected:
+        raise ValueError(
+            f"{path}'s weights do not match the checksum written with them: the file is corrupt "
+            "(changed bytes). Use another checkpoint of the run (last.ckpt or the best one) or "
+            "re-train."
+        )
+    for key, value in state.items():
+        if (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and not key.endswith(_NAN_SENTINELS)
+            and not torch.isfinite(value).all()
+        ):
+            raise ValueError(
+                f"{path} holds NaN or infinite weights ({key}): the training that wrote it "
+                "diverged. Use an earlier checkpoint, or re-train with a lower model.lr."
+            )
+
+
+def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Path) -> None:
+    """Refuse, before any training, to resume ``model`` from a checkpoint of another family,
+    dataset or architecture; the message says which and how to fix it."""
+    name, own = checkpoint.get(CHECKPOINT_CLASS_KEY), type(model).__name__
+    if name != own:
+        raise ValueError(
+            f"{path} holds a {name}, but the config builds a {own}: resume with the model=... "
+            "the run was trained with (its .hydra/config.yaml)"
+        )
+    dataset = (checkpoint.get("hyper_parameters") or {}).get("dataset")
+    if dataset is not None and dataset != getattr(model, "dataset_name", dataset):
+        raise ValueError(
+            f"{path} was trained on '{dataset}', but the config's data is "
+            f"'{model.dataset_name}': resume with the data=... the run was trained with"
+        )
+    migrated = dict(checkpoint)
+    migrate_checkpoint(migrated)
+    theirs, ours = migrated.get("state_dict", {}), model.state_dict()
+    problems = [f"{k} is missing" for k in ours if k not in theirs]
+    problems += [f"{k} is not in this model" for k in theirs if k not in ours]
+    problems += [
+        f"{k} is {tuple(theirs[k].shape)}, the model's {tuple(ours[k].shape)}"
+        for k in ours
+        if k in theirs and tuple(theirs[k].shape) != tuple(ours[k].shape)
+    ]
+    if problems:
+        raise ValueError(
+            f"{path} does not fit the configured {own} ({len(problems)} difference(s): "
+            f"{'; '.join(problems[:3])}): resume with the model.* settings of the run that wrote "
+            "it (its .hydra/config.yaml)"
+        )
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
     path = Path(path).expanduser()
@@ -623,11 +749,30 @@ def read_checkpoint(path: str | Path) -> dict:
             f"no checkpoint at {path}. Train one with `python train.py` (it prints the paths of "
             "last.ckpt and the best checkpoint) or check the path."
         )
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{path} is empty (0 bytes): its write was cut short, e.g. by a full disk. Use "
+            "another checkpoint of the run (last.ckpt or the best one) or re-train."
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        IndexError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as error:
         raise ValueError(
             f"{path} is not a readable checkpoint: it is truncated, corrupt, or holds objects that "
             f"can't load safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
             "Use another checkpoint of the run (last.ckpt or the best one) or re-train."
         ) from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"{path} holds a {type(checkpoint).__name__}, not a checkpoint: pass a .ckpt written "
+            "by `python train.py`"
+        )
+    _check_weights(checkpoint, path)
+    return checkpoint

@@ -57,7 +57,20 @@ def load_model(
         raise ValueError(f"{path} holds an unknown model class '{name}'; known: {sorted(MODELS)}")
     if not issubclass(MODELS[name], kind):
         raise ValueError(f"{path} holds a {name}, not a {kind.__name__}")
-    model = MODELS[name].load_from_checkpoint(
-        Path(path).expanduser(), map_location=map_location, weights_only=True
-    )
+    missing = [key for key in ("state_dict", "hyper_parameters") if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {' and '.join(missing)}: it is not a whole checkpoint of "
+            "`python train.py`. Pass last.ckpt or the best checkpoint of the run."
+        )
+    try:
+        model = MODELS[name].load_from_checkpoint(
+            Path(path).expanduser(), map_location=map_location, weights_only=True
+        )
+    except (TypeError, KeyError, RuntimeError) as error:
+        raise ValueError(
+            f"{path} does not build a {name}: its settings or weights do not fit this version's "
+            f"{name} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). Re-train, or "
+            "load it with the cfzoo version that wrote it."
+        ) from error
     return model.eval()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.base import CausalGraph
-from models.base import CHECKPOINT_CLASS_KEY
+from models.base import CHECKPOINT_CLASS_KEY, stamp_checkpoint
 from models.nn.convnets import ConvEncoder, _group_norm
 from models.nn.likelihoods import to_signed
 
@@ -236,6 +236,7 @@ class AttributePredictor(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
+        stamp_checkpoint(checkpoint)
 
 
 def random_affine(x: Tensor, degrees: float, pixels: int) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,8 @@ TINY = [
     "model.scm.hidden=16",
     "model.scm.transforms=2",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
     "~callbacks.progress_bar",
     "trainer.enable_progress_bar=false",
     "grid.num_samples=4",
@@ -93,6 +94,16 @@ def test_resume_continues_from_the_checkpoint_step(trained, data_dir, tmp_path):
     assert resumed["global_step"] == 6
 
 
+def test_train_refuses_to_resume_another_architecture_before_training(trained, data_dir, tmp_path):
+    _, metrics = trained
+    cfg = compose_train(
+        data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "model.latent_dim=7"
+    )
+    with pytest.raises(ValueError, match=r"does not fit the configured ConditionalVAE.*is \("):
+        train_script.train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))  # refused before any training
+
+
 def test_train_rejects_a_missing_checkpoint(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -127,17 +138,20 @@ def test_counterfactual_command_line(trained, data_dir, tmp_path):
     assert (out / "grid.png").is_file() and len(list(out.glob("*_cf.png"))) == 5
 
 
-def test_counterfactual_command_line_on_a_folder(trained, morpho, tmp_path):
+def _folder_query(trained, morpho, tmp_path, files: list[str]) -> tuple[list[str], Path]:
+    """Test digits written as ``files`` under ``tmp_path`` with an attribute CSV, and the
+    counterfactual CLI's arguments for do(digit=7) on them."""
     from torchvision.utils import save_image
 
     _, metrics = trained
     batch = next(iter(morpho.test_dataloader()))
     with (tmp_path / "attrs.csv").open("w") as stream:
         stream.write("file,thickness,intensity,digit\n")
-        for i in range(3):
-            save_image(batch["x"][i], tmp_path / f"d{i}.png")
+        for i, name in enumerate(files):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            save_image(batch["x"][i], tmp_path / name)
             pa = {k: v[i].item() for k, v in batch["pa"].items()}
-            stream.write(f"d{i}.png,{pa['thickness']},{pa['intensity']},{pa['digit']}\n")
+            stream.write(f"{name},{pa['thickness']},{pa['intensity']},{pa['digit']}\n")
     out = tmp_path / "out"
     args = [
         f"ckpt_path={metrics['last_ckpt']}",
@@ -146,10 +160,53 @@ def test_counterfactual_command_line_on_a_folder(trained, morpho, tmp_path):
         "do.digit=7",
         f"out_dir={out}",
     ]
+    return args, out
+
+
+def test_counterfactual_command_line_on_a_folder(trained, morpho, tmp_path):
+    args, out = _folder_query(trained, morpho, tmp_path, ["d0.png", "d1.png", "d2.png"])
     assert counterfactual_cli(args) == 0
     assert len(list(out.glob("*_cf.png"))) == 3
     with pytest.raises(ValueError, match="unknown variable 'colour'"):
         counterfactual_cli(args[:3] + ["do.colour=1", f"out_dir={out}"])
+
+
+def test_the_counterfactual_command_line_writes_one_file_per_input(trained, morpho, tmp_path):
+    """a/x.png and b/x.png must not overwrite each other's counterfactual."""
+    args, out = _folder_query(trained, morpho, tmp_path, ["a/x.png", "b/x.png", "c/x.png"])
+    assert counterfactual_cli(args) == 0
+    with (out / "counterfactuals.csv").open() as stream:
+        targets = [row["counterfactual_file"] for row in csv.DictReader(stream)]
+    assert targets == ["a/x_cf.png", "b/x_cf.png", "c/x_cf.png"]
+    assert all((out / t).is_file() for t in targets)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ckpt_path=x.ckpt", "--num", "4"], "--num is not a setting.*num=4"),
+        (["ckpt_path=x.ckpt", "nmu=4"], "unknown setting 'nmu'"),
+        (["ckpt_path=x.ckpt", "num=0"], "num must be .* at least 1"),
+        (["ckpt_path=x.ckpt", "num=abc"], "num must be"),
+        (["ckpt_path=x.ckpt", "do.thickness"], "'do.thickness' has no value"),
+    ],
+)
+def test_the_counterfactual_command_line_refuses_settings_it_would_ignore(argv, message):
+    with pytest.raises(ValueError, match=message):
+        counterfactual_cli(argv)
+
+
+def test_output_names_stay_inside_the_output_folder_and_never_repeat():
+    from models.__main__ import _output_names
+
+    names = ["x.png", "../up.png", "/abs/y.png", "x.png", "test-3"]
+    assert _output_names(names) == [
+        "x_cf.png",
+        "00001_up_cf.png",
+        "00002_y_cf.png",
+        "00003_x_cf.png",
+        "test-3_cf.png",
+    ]
 
 
 def test_help_commands():
@@ -346,3 +403,24 @@ def test_train_refuses_reference_models(data_dir, tmp_path):
         )
     with pytest.raises(ValueError, match="not trainable"):
         train_script.train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "message"),
+    [
+        ("train.py", "seed=abc", "seed must be a whole number"),
+        ("train.py", "data.limit=abc", "data.limit must be a whole number"),
+        ("evaluate.py", "seeds=abc", r"seeds must be a list.*\[0, 1, 2\]"),
+    ],
+)
+def test_a_mistyped_setting_fails_first_naming_its_key(script, override, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), override, f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -42,3 +42,25 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
         lagrange_init=cfg.model.cf_finetune.lagrange_init,
     )
     assert cfg.trainer.max_epochs >= 1 and cfg.task_name == f"{family}_cf_morphomnist"
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_common_trainer_keys_need_no_plus_and_reach_lightning(trainer, tmp_path):
+    """`trainer.max_steps=N` is what Lightning users type; Hydra's `+` must not be needed."""
+    overrides = [
+        f"trainer={trainer}",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=2",
+        "trainer.max_time=00:00:01:00",
+        "trainer.accumulate_grad_batches=2",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.trainer.max_steps == 3 and cfg.trainer.accumulate_grad_batches == 2
+    if trainer != "cpu":
+        return  # no GPU here to build it on
+    built = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)
+    assert built.max_steps == 3
+    assert built.limit_val_batches == 2
+    assert built.accumulate_grad_batches == 2
+    assert type(built.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,21 @@ def test_cache_detects_corruption_and_staleness(tmp_path):
     path.write_bytes(b"not a zip file")
     load_or_build(tmp_path, "toy", {"n": 1000}, build)
     assert len(calls) == 3
+
+
+def test_a_failed_output_write_keeps_the_old_file_and_names_the_setting(tmp_path):
+    import errno
+
+    from datamodules.cache import write_output
+
+    path = tmp_path / "run" / "report.md"
+    write_output(path, lambda temporary: Path(temporary).write_text("the old report"))
+
+    def full_disk(temporary):
+        Path(temporary).write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left.*paths.log_dir \(or hydra.run.dir\)"):
+        write_output(path, full_disk)
+    assert path.read_text() == "the old report"
+    assert [p.name for p in path.parent.iterdir()] == ["report.md"]

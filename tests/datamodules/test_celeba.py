@@ -237,3 +237,13 @@ def test_a_model_trains_and_answers_counterfactuals(celeba_simple):
     assert torch.equal(cf.parents["Eyeglasses"], batch["pa"]["Eyeglasses"])
     null = model.counterfactual(batch["x"], batch["pa"], {})
     assert (null.image - batch["x"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "/etc/passwd", "sub/000003.jpg"])
+def test_an_image_name_outside_the_image_folder_is_refused(tmp_path, name):
+    data_dir = write_fake_celeba(tmp_path, n=10)
+    for table in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        path = data_dir / "celeba" / table
+        path.write_text(path.read_text().replace("000003.jpg", name))
+    with pytest.raises(ValueError, match=r"image 3 is listed as .*not a file name inside"):
+        CelebADataModule(data_dir=str(data_dir), workers=1).prepare_data()

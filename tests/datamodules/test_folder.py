@@ -153,3 +153,60 @@ def test_editing_the_table_invalidates_the_cache(folder, tmp_path):
     edited.setup()
     assert edited.cache_path != dm.cache_path
     assert edited.arrays["thickness"][0] == pytest.approx(3.25)
+
+
+def test_the_exporter_never_overwrites_a_user_s_files_unless_asked(exported, tmp_path):
+    """Checked before anything is written: the user's files are byte-for-byte intact."""
+    user = shutil.copytree(exported, tmp_path / "mine")
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+
+    class Untouched:  # the refusal comes before the datamodule is used
+        def __getattr__(self, name):
+            raise AssertionError(f"the datamodule was used ({name})")
+
+    with pytest.raises(FileExistsError, match="attributes.csv.*--overwrite"):
+        write_image_folder(Untouched(), user, num=5)
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("num", [1, 2, 7])
+def test_the_exporter_writes_exactly_num_samples(morpho, tmp_path, num):
+    out = write_image_folder(morpho, tmp_path / "out", num=num, progress=False)
+    assert len(_rows(out)) == num == len(list((out / "images").iterdir()))
+
+
+def test_the_exporter_refuses_zero_samples(tmp_path):
+    from datamodules.folder import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "out"), "--num", "0"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("escape", ["../outside.png", "/abs/outside.png", "images/../../x.png"])
+def test_a_file_outside_the_folder_is_refused_and_named(folder, tmp_path, escape):
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(outside)
+    rows = _rows(folder)
+    rows[3]["file"] = escape
+    _write_rows(folder, rows)
+    with pytest.raises(ValueError, match=r"row 5: file .* lies outside the folder"):
+        FolderDataModule(root=str(folder), data_dir=str(tmp_path / "cache"))
+
+
+def test_a_file_listed_twice_is_refused_and_both_rows_named(folder, tmp_path):
+    rows = _rows(folder)
+    rows[7] = {**rows[7], "file": rows[2]["file"], "split": "test"}
+    _write_rows(folder, rows)
+    with pytest.raises(ValueError, match=r"rows 4 and 9 both list"):
+        FolderDataModule(root=str(folder), data_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_non_finite_value_is_refused_and_its_row_named(folder, tmp_path, value):
+    rows = _rows(folder)
+    rows[4]["intensity"] = value
+    _write_rows(folder, rows)
+    with pytest.raises(ValueError, match=rf"row 6: column 'intensity' holds '{value}'"):
+        FolderDataModule(root=str(folder), data_dir=str(tmp_path / "cache"))

@@ -128,3 +128,45 @@ def test_bad_input_is_rejected():
         morphometry.measure(np.zeros((2, 3, 28, 28)))
     with pytest.raises(ValueError, match="positive"):
         morphometry.set_thickness(bar(3), -1.0)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """kill -9 of a process measuring with workers leaves no worker blocked on its queue."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import numpy as np\n"
+        "from datamodules import morphometry\n"
+        "morphometry._MIN_IMAGES_PER_WORKER = 8\n"
+        "images = np.zeros((20000, 28, 28)); images[:, 6:22, 12:16] = 255.0\n"
+        "morphometry.measure_thickness(images, workers=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+
+    def children() -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True)
+        return [int(p) for p in out.stdout.split()]
+
+    deadline = time.time() + 60
+    while len(children()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) >= 2, "the workers never started"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().split()[2] != "Z"  # a zombie is dead, only not reaped
+    except FileNotFoundError:
+        return False

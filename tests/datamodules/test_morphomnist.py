@@ -1,9 +1,12 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from datamodules import MorphoMNISTDataModule, morphometry
-from datamodules.cache import CacheError
+from datamodules.cache import CacheError, atomic_write
 from datamodules.morphomnist import intensity_law, intensity_noise
 
 
@@ -159,3 +162,17 @@ def test_unwritable_data_dir_raises_a_clear_error(tmp_path):
     datamodule = MorphoMNISTDataModule(data_dir=str(blocker), limit=20)
     with pytest.raises(CacheError, match="cannot write the dataset cache.*writable directory"):
         datamodule.prepare_data()
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_removed(morpho, tmp_path):
+    datamodule = MorphoMNISTDataModule(data_dir=str(tmp_path), limit=20)
+    path = tmp_path / datamodule.name / "stale-target.npz"
+    path.parent.mkdir(parents=True)
+    dead = 2**22 + 7  # above Linux's largest pid: no process has it
+    stale = path.parent / f"{path.name}.{dead}.abcd.tmp"
+    stale.write_bytes(b"half a cache")
+    mine = path.parent / f"{path.name}.{os.getpid()}.efgh.tmp"  # a write in progress
+    mine.write_bytes(b"busy")
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(b"done"))
+    assert path.read_bytes() == b"done"
+    assert not stale.exists() and mine.exists()

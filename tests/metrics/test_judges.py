@@ -99,3 +99,13 @@ def test_the_affine_augmentation_keeps_the_measured_attributes(morpho):
     # measured on the full test set: 0.04 px and 0.02; bilinear resampling: 0.07 px and 10
     assert (after["thickness"] - before["thickness"]).abs().mean() < 0.1
     assert (after["intensity"] - before["intensity"]).abs().mean() < 1.0
+
+
+def test_an_empty_cached_judge_is_retrained_not_fatal(morpho):
+    settings = judge_settings("heldout", **TINY)
+    path = predictor_cache_path(morpho, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # a write cut short by a full disk
+    predictor, _ = load_or_train_predictor(morpho, role="heldout", progress=False, **TINY)
+    assert path.stat().st_size > 0
+    assert predictor.dataset_name == morpho.name

@@ -93,6 +93,56 @@ def test_bad_queries_raise_clear_errors(family, test_batch):
         model.counterfactual(x, pa, {}, no_such_option=3)
 
 
+def test_bad_images_are_refused_with_the_fix(family, test_batch):
+    _, model, _ = family
+    x, pa = test_batch["x"], test_batch["pa"]
+    with pytest.raises(ValueError, match=r"floating point.*x.float\(\) / 255"):
+        model.counterfactual((x * 255).to(torch.uint8), pa, {})
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*x / 255"):
+        model.counterfactual(x * 255, pa, {})
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got pixels from -0.5"):
+        model.counterfactual(x - 0.5, pa, {})
+    broken = x.clone()
+    broken[2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"images \[2\] hold NaN"):
+        model.counterfactual(broken, pa, {})
+
+
+def test_bad_options_and_interventions_name_what_is_wrong(family, test_batch):
+    _, model, _ = family
+    x, pa = test_batch["x"], test_batch["pa"]
+    for do in ["thickness=3", None, ["thickness"]]:
+        with pytest.raises(ValueError, match="do must map variable names to values"):
+            model.counterfactual(x, pa, do)
+    with pytest.raises(ValueError, match=r"do\(thickness=...\) must be a number"):
+        model.counterfactual(x, pa, {"thickness": "thick"})
+    defaults = model.option_defaults()
+    for name, default in defaults.items():
+        bad = (
+            "no"
+            if isinstance(default, bool)
+            else (float("nan") if isinstance(default, float) else -1)
+        )
+        with pytest.raises(ValueError, match=f"option {name} must be"):
+            model.counterfactual(x, pa, {}, **{name: bad})
+    if "temperature" in defaults:
+        with pytest.raises(ValueError, match="option temperature must be"):
+            model.counterfactual(x, pa, {}, temperature=-1.0)
+
+
+def test_an_in_place_soft_intervention_leaves_the_callers_attributes_alone(family, test_batch):
+    _, model, _ = family
+    x, pa = test_batch["x"], test_batch["pa"]
+    before = {k: v.clone() for k, v in pa.items()}
+    torch.manual_seed(0)
+    in_place = model.counterfactual(x, pa, {"thickness": lambda t: t.add_(1)})
+    assert all(torch.equal(pa[k], before[k]) for k in pa)
+    torch.manual_seed(0)
+    pure = model.counterfactual(x, pa, {"thickness": lambda t: t + 1})
+    assert torch.equal(in_place.parents["intensity"], pure.parents["intensity"])
+    assert torch.allclose(in_place.image, pure.image)
+
+
 def test_null_intervention_without_the_residual_is_bounded_by_the_reconstruction(
     family, morpho, test_batch
 ):
@@ -118,6 +168,7 @@ def test_checkpoints_from_before_the_mechanism_split_load(family, test_batch, tm
     path = save_checkpoint(model, tmp_path / "new.ckpt")
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["cfzoo_format"]
+    del checkpoint["cfzoo_state_sha256"]  # format 1 had no checksum of its weights
     old = {}
     for key, value in checkpoint["state_dict"].items():
         if key == "loss_target":
