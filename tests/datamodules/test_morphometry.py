@@ -148,8 +148,15 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
 
     def children() -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True)
-        return [int(p) for p in out.stdout.split()]
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent.pid:  # the field after the state is the parent's pid
+                found.append(int(stat.parent.name))
+        return found
 
     deadline = time.time() + 60
     while len(children()) < 2 and time.time() < deadline:
