@@ -53,6 +53,23 @@ def run_train(workdir: Path, overrides: list[str], run: str = "train") -> dict:
     }
 
 
+def build_model(model_name: str, datamodule, overrides: list[str] | None = None):
+    """The ``model=<model_name>`` config of train.py (with ``overrides``), built for
+    ``datamodule``'s graph and images, as train.py builds it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model_name}", *(overrides or [])])
+    return instantiate(
+        cfg.model,
+        graph=datamodule.graph.to_dict(),
+        image_shape=list(datamodule.image_shape),
+        dataset=datamodule.name,
+        _convert_="all",
+    )
+
+
 def counterfactuals_per_second(model, datamodule, batch_size: int = 256, repeats: int = 5) -> float:
     """Median throughput of ``model.counterfactual`` for do(thickness + 1) on test images."""
     test = datamodule.test_set

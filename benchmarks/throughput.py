@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, publish  # noqa: E402
+from common import ROOT, build_model, publish  # noqa: E402
 
 MODELS = ["vae", "hvae", "hvae_large", "flow", "flow_large", "diffae", "diffae_large"]
 
@@ -63,26 +63,15 @@ class StepTimer(pl.Callback):
 
 
 def build(model_name: str, batch_size: int):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+    """The default datamodule at ``batch_size``, and the model config built for it."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(
-            config_name="train",
-            overrides=[
-                f"model={model_name}",
-                f"data.batch_size={batch_size}",
-                f"paths.root_dir={ROOT}",
-            ],
+            "train", overrides=[f"data.batch_size={batch_size}", f"paths.root_dir={ROOT}"]
         )
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(
-        cfg.model,
-        graph=datamodule.graph.to_dict(),
-        image_shape=list(datamodule.image_shape),
-        dataset=datamodule.name,
-        _convert_="all",
-    )
-    return model, datamodule
+    return build_model(model_name, datamodule), datamodule
 
 
 def measure(

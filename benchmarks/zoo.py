@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, counterfactuals_per_second, run_train  # noqa: E402
+from common import ROOT, build_model, counterfactuals_per_second, run_train  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import evaluate as evaluate_script  # noqa: E402
@@ -347,17 +347,7 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
 # -- scaling ---------------------------------------------------------------------------------------
 def epoch_seconds(family: str, datamodule, steps: int = 8) -> tuple[float, Any]:
     """Median seconds per training step, times the steps of one epoch (data in memory)."""
-    from hydra.utils import instantiate
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={family}"])
-    model = instantiate(
-        cfg.model,
-        graph=datamodule.graph.to_dict(),
-        image_shape=list(datamodule.image_shape),
-        dataset=datamodule.name,
-        _convert_="all",
-    )
+    model = build_model(family, datamodule)
     model.log_dict = lambda *args, **kwargs: None
     optimiser = model.configure_optimizers()
     optimiser = optimiser["optimizer"] if isinstance(optimiser, dict) else optimiser
