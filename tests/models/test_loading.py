@@ -100,7 +100,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
     before = path.read_bytes()
-    (path.parent / "last.ckpt.tmp-1").write_bytes(b"stale")  # left by a run killed mid-write
+    dead = 2**22 + 7  # above Linux's largest pid: a writer that is gone
+    (path.parent / f"last.ckpt.{dead}.x.tmp").write_bytes(b"stale")  # left by a killed write
 
     def full_disk(target, data):
         target.write_bytes(data[: len(data) // 2])
