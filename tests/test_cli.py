@@ -117,6 +117,24 @@ def test_train_rejects_an_unwritable_run_directory(data_dir, tmp_path):
         train_script.train(compose_train(data_dir, blocker / "run"))
 
 
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_a_run_directory_hydra_cannot_create_is_named_before_any_work(script, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("kept")
+    result = subprocess.run(
+        [sys.executable, script, f"paths.log_dir={blocker}"]
+        + (["model=oracle"] if script == "evaluate.py" else []),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"cannot write the run's outputs to {blocker}" in result.stderr
+    assert "paths.log_dir=" in result.stderr and "Traceback" not in result.stderr
+    assert blocker.read_text() == "kept"
+
+
 def test_counterfactual_command_line(trained, data_dir, tmp_path):
     _, metrics = trained
     out = tmp_path / "cf"
