@@ -9,6 +9,11 @@ intervention), grid.png, composition.png and effectiveness.png into the run dire
 
 Effectiveness is scored by the held-out judge (``predictor.role=heldout``, metrics/judges.py),
 never by the judge a model was fine-tuned against; morphometry is the model-free judge.
+
+Several processes (``trainer=ddp_cpu``, ``trainer=ddp``, or torchrun/SLURM) each score a block of
+the test split through Lightning Fabric, and every metric is synced over them, so the report is
+the one a single process writes. The preparation (data caches, the judge, the minimality VAE)
+runs before the processes start, so only the first one trains what is not cached yet.
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
+from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
 from metrics.judges import judge_settings, judge_source, load_or_train_predictor, same_judge
+from metrics.minimality import Minimality, load_or_train_vae, vae_settings
 from metrics.realism import Realism
 from metrics.report import write_report
 from metrics.rng import seeded
-from metrics.suite import SuiteSettings, intervention_variables, run_suite
+from metrics.suite import Shard, SuiteSettings, intervention_variables, run_suite
 from models.base import CounterfactualModel
 from models.config_types import check_override_types
 from models.loading import load_model
@@ -92,18 +98,39 @@ def check_judge(model, source: str, role: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the suite; return the report (also written to the run directory)."""
+    """Run the suite; return the report (also written to the run directory by the first process).
+
+    With several processes (``cfg.trainer``), every process returns the same report; only the
+    first one writes it and has ``report["files"]``.
+    """
     output_dir = Path(cfg.paths.output_dir)
     ensure_writable(output_dir, "the evaluation report", "paths.log_dir (or hydra.run.dir)")
+    fabric = build_fabric(cfg.trainer)
     with seeded(cfg.seed):  # the reference models' construction, reproducibly
-        return _evaluate(cfg, output_dir)
+        parts = _prepare(cfg)
+    return fabric.launch(_score, cfg, output_dir, parts)
 
 
-def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    device = (
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+def build_fabric(trainer: DictConfig) -> Fabric:
+    """The processes and device of the evaluation, from the ``trainer`` group's settings.
+
+    Only ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` apply: scoring runs at
+    full precision and never trains.
+    """
+    strategy = trainer.get("strategy") or "auto"
+    if isinstance(strategy, DictConfig):
+        strategy = instantiate(strategy)
+    return Fabric(
+        accelerator=trainer.get("accelerator") or "auto",
+        devices=trainer.get("devices") or 1,
+        strategy=strategy,
+        num_nodes=trainer.get("num_nodes") or 1,
+        precision="32-true",
     )
 
+
+def _prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Data, model, judge and minimality VAE, each loaded, or trained and cached."""
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup()
@@ -113,7 +140,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             f"test_images must be a positive number of test images (or null for all), "
             f"got {test_images!r}"
         )
-    model = build_model(cfg, datamodule).to(device)
+    model = build_model(cfg, datamodule)
     settings = SuiteSettings(
         interventions=list(cfg.interventions),
         seeds=list(cfg.seeds),
@@ -124,6 +151,11 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     for name in settings.interventions:  # unknown names fail now, not after predictor training
         intervention_variables(name, model, datamodule)
     model.resolve_options(settings.options)
+    minimality = OmegaConf.to_container(cfg.minimality)
+    vae_overrides = minimality.pop("vae") or {}
+    if minimality["enabled"]:
+        vae_settings(**vae_overrides)  # unknown settings fail now, before any training
+        Minimality.check(minimality["bins"], minimality["weights"])
 
     judge = OmegaConf.to_container(cfg.predictor)
     role, judge_ckpt = judge.pop("role"), judge.pop("ckpt_path")
@@ -132,7 +164,6 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     predictor, predictor_source = load_or_train_predictor(
         datamodule, role=role, ckpt_path=judge_ckpt, progress=cfg.progress, **judge
     )
-    predictor = predictor.to(device)
     judges = {
         "effectiveness": {
             "role": role,
@@ -149,33 +180,75 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "morphometry": "model-free measurement (datamodule.measure_attributes)",
         "finetuned_against": getattr(model, "trained_against", None),
     }
+    vae = None
+    if minimality["enabled"]:
+        vae, vae_source = load_or_train_vae(datamodule, progress=cfg.progress, **vae_overrides)
+        judges["minimality"] = {
+            "source": vae_source,
+            "settings": vae_settings(**vae_overrides),
+            "bins": minimality["bins"],
+            "weights": list(minimality["weights"]),
+        }
     if test_images is not None:
         # N test images, evenly spaced over the split: slow models (DDIM sampling) get the full
         # suite at a lower cost. Only now: training the predictor re-runs the datamodule's setup.
         datamodule.test_set = datamodule.test_set.evenly_spaced(test_images)
+    return {
+        "datamodule": datamodule,
+        "model": model,
+        "settings": settings,
+        "predictor": predictor,
+        "predictor_source": predictor_source,
+        "judges": judges,
+        "vae": vae,
+        "minimality": minimality,
+    }
+
+
+def _score(fabric: Fabric, cfg: DictConfig, output_dir: Path, parts: dict[str, Any]):
+    """One process's part of the suite; the first process writes the report and figures."""
+    datamodule, judges = parts["datamodule"], parts["judges"]
+    model = parts["model"].to(fabric.device)
+    predictor = parts["predictor"].to(fabric.device)
     realism = Realism(
         predictor,
         datamodule.image_shape,
         kid_subset_size=min(cfg.realism.kid_subset_size, len(datamodule.test_set)),
         inception_weights=cfg.realism.inception_weights,
     )
-    report = run_suite(model, datamodule, predictor, realism, settings, progress=cfg.progress)
+    minimality = None
+    if parts["vae"] is not None:
+        settings = parts["minimality"]
+        minimality = Minimality(
+            parts["vae"].to(fabric.device), datamodule.graph, settings["bins"], settings["weights"]
+        )
+    report = run_suite(
+        model,
+        datamodule,
+        predictor,
+        realism,
+        parts["settings"],
+        progress=cfg.progress and fabric.is_global_zero,
+        minimality=minimality,
+        shard=Shard(fabric.global_rank, fabric.world_size),
+    )
     report.update(
         model=type(model).__name__,
         dataset=datamodule.name,
         checkpoint=cfg.get("ckpt_path"),
         checkpoint_sha256=_sha256(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
-        predictor=predictor_source,
+        predictor=parts["predictor_source"],
         judges=judges,
         attribute_kinds={v.name: v.kind for v in datamodule.graph.variables},
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    paths = write_report(report, output_dir)
-    paths["grid"] = counterfactual_grid(
-        model, datamodule, output_dir / "grid.png", cfg.grid_samples
-    )
-    report["files"] = {k: str(v) for k, v in paths.items()}
-    log.info("Report: %s (%.0f s)", paths["md"], report["seconds"])
+    if fabric.is_global_zero:
+        paths = write_report(report, output_dir)
+        paths["grid"] = counterfactual_grid(
+            model, datamodule, output_dir / "grid.png", cfg.grid_samples
+        )
+        report["files"] = {k: str(v) for k, v in paths.items()}
+        log.info("Report: %s (%.0f s)", paths["md"], report["seconds"])
     return report
 
 
@@ -183,9 +256,10 @@ def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     check_override_types(cfg, "evaluate")  # a mistyped value fails here, naming its key
     report = evaluate(cfg)
-    print(Path(report["files"]["md"]).read_text())
-    for name, path in report["files"].items():
-        print(f"{name}: {path}")
+    if "files" in report:  # the first process (the one that wrote them)
+        print(Path(report["files"]["md"]).read_text())
+        for name, path in report["files"].items():
+            print(f"{name}: {path}")
 
 
 if __name__ == "__main__":

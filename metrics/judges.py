@@ -23,7 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from datamodules.cache import atomic_write, cache_key
+from metrics.cached import cache_path, fit_quietly, load_or_train
 from metrics.rng import kept_rng, seeded
 from models.loading import load_model
 from models.predictor import AttributePredictor
@@ -93,15 +93,7 @@ def predictor_cache_path(datamodule, settings: Mapping[str, Any]) -> Path:
     version and ``settings`` (:func:`judge_settings`), not the role's name: a role overridden
     into another role's settings is that role's judge, and is found as such.
     """
-    spec = {
-        "data": getattr(datamodule, "spec", {"dataset": datamodule.name}),
-        # CelebA's two graphs share one data cache but need other predictors
-        "graph": list(datamodule.graph.names),
-        "batch_size": int(datamodule.batch_size),
-        "version": JUDGE_VERSION,
-        **settings,
-    }
-    return Path(datamodule.data_dir) / "predictors" / f"{datamodule.name}-{cache_key(spec)}.ckpt"
+    return cache_path(datamodule, "predictors", {"version": JUDGE_VERSION, **settings})
 
 
 def train_predictor(
@@ -120,16 +112,7 @@ def train_predictor(
             dataset=datamodule.name,
             **settings,
         )
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            accelerator="auto",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-        )
-        trainer.fit(predictor, datamodule=datamodule)
+        trainer = fit_quietly(predictor, datamodule, epochs, progress)
     return predictor.eval(), trainer
 
 
@@ -190,22 +173,17 @@ def load_or_train_predictor(
                 f"'{datamodule.name}'"
             )
         return predictor, source
-    path = Path(source)
-    if path.is_file():
-        try:
-            with kept_rng():
-                return load_model(path, kind=AttributePredictor), source
-        except ValueError as error:  # a corrupt cache is rebuilt, never trusted
-            log.warning("Retraining the cached predictor %s: %s", path, error)
-    log.info("No %s judge for %s yet: training one (cached at %s)", role, datamodule.name, path)
     hyperparameters = {k: v for k, v in settings.items() if k not in ("seed", "epochs")}
-    predictor, trainer = train_predictor(
-        datamodule,
-        epochs=settings["epochs"],
-        progress=progress,
-        seed=settings["seed"],
-        **hyperparameters,
+    predictor = load_or_train(
+        Path(source),
+        AttributePredictor,
+        lambda: train_predictor(
+            datamodule,
+            epochs=settings["epochs"],
+            progress=progress,
+            seed=settings["seed"],
+            **hyperparameters,
+        ),
+        f"{role} judge for {datamodule.name}",
     )
-    # Weights and hyperparameters only (no optimiser state); a killed run leaves no half file.
-    atomic_write(path, lambda target: trainer.save_checkpoint(target, weights_only=True))
     return predictor, source

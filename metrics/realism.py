@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import SumMetric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -72,7 +73,8 @@ class Realism:
                 feature=feature, reset_real_features=False, subset_size=kid_subset_size, subsets=20
             ).to(predictor.device)
         self.kid_subset_size = kid_subset_size
-        self.count_fake = 0
+        # a metric, so that under several processes KID's subset size knows every rank's fakes
+        self.count_fake = SumMetric().to(predictor.device)
 
     @torch.inference_mode()
     def update(self, images: Tensor, real: bool) -> None:
@@ -80,12 +82,12 @@ class Realism:
         self.fid.update(images, real=real)
         self.kid.update(images, real=real)
         if not real:
-            self.count_fake += len(images)
+            self.count_fake.update(len(images))
 
     def compute(self) -> dict[str, float]:
         """FID and KID (mean) of the fakes seen since the last :meth:`reset_fake`."""
         fid = float(self.fid.compute())
-        subset = min(self.kid_subset_size, self.count_fake)
+        subset = min(self.kid_subset_size, int(self.count_fake.compute()))
         self.kid.subset_size = subset
         kid_mean, _ = self.kid.compute()
         return {"fid": fid, "kid": float(kid_mean)}
@@ -94,7 +96,7 @@ class Realism:
         # reset() keeps the real features (reset_real_features=False).
         self.fid.reset()
         self.kid.reset()
-        self.count_fake = 0
+        self.count_fake.reset()
 
 
 def _to_rgb_uint8(x: Tensor) -> Tensor:

@@ -18,6 +18,11 @@ The model is touched only through ``model.counterfactual``, which gets every bat
 (``sample_ids=batch["index"]``: the oracle renders from them, the learned models ignore them).
 Batches stream through; only running sums are kept. Each seed runs under its own seeded
 generators and gives the caller's random state back.
+
+Under several processes (``shard``), each rank scores a contiguous block of the test split and
+every accumulated number is a torchmetrics metric, synced over the ranks when it is computed, so
+the report is the same whatever the number of processes. Every rank must call :func:`run_suite`
+with the same settings: the syncs are collective.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torchmetrics import CatMetric, MeanMetric
 from tqdm.auto import tqdm
 
 from metrics.effectiveness import attribute_errors, predictor_errors
+from metrics.minimality import Minimality
 from metrics.realism import Realism
 from metrics.rng import kept_rng, seeded
 from metrics.soundness import composition, l1, reversibility, rmse
@@ -59,20 +67,64 @@ class SuiteSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-class _Sums:
-    """Running per-sample sums, keyed by metric name; the means at the end."""
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the test split: block ``rank`` of ``count`` contiguous blocks."""
+
+    rank: int = 0
+    count: int = 1
+
+    def positions(self, n: int) -> Tensor:
+        """The test-split positions this rank scores."""
+        if n < self.count:
+            raise ValueError(
+                f"{n} test images can't be shared by {self.count} processes: use fewer "
+                "trainer.devices or more test_images"
+            )
+        return torch.tensor_split(torch.arange(n), self.count)[self.rank]
+
+
+class _Means:
+    """Running per-sample means keyed by metric name, synced over ranks when computed.
+
+    Every rank must add the same names in the same order (their syncs are collective).
+    """
 
     def __init__(self):
-        self.total: dict[str, float] = {}
-        self.count: dict[str, int] = {}
+        self.metrics: dict[str, MeanMetric] = {}
 
     def add(self, name: str, values: Tensor) -> None:
-        values = values.detach().float()
-        self.total[name] = self.total.get(name, 0.0) + float(values.sum())
-        self.count[name] = self.count.get(name, 0) + values.numel()
+        values = values.detach().double().flatten()
+        if name not in self.metrics:
+            # .to() resets a metric's dtype to float32, so the dtype is set after it
+            metric = MeanMetric(nan_strategy="disable").to(values.device)
+            self.metrics[name] = metric.set_dtype(torch.float64)
+        self.metrics[name].update(values)
 
     def means(self) -> dict[str, float]:
-        return {k: self.total[k] / self.count[k] for k in self.total}
+        return {k: float(m.compute()) for k, m in self.metrics.items()}
+
+
+class _Lists:
+    """Per-sample values gathered over ranks in test-split order, keyed by name."""
+
+    def __init__(self):
+        self.metrics: dict[str, CatMetric] = {}
+
+    def add(self, name: str, positions: Tensor, values: Tensor) -> None:
+        for key, part in ((f"{name}#position", positions), (name, values)):
+            if key not in self.metrics:
+                metric = CatMetric(nan_strategy="disable").to(values.device)
+                self.metrics[key] = metric.set_dtype(torch.float64)
+            self.metrics[key].update(part.detach().double().to(values.device))
+
+    def lists(self) -> dict[str, list[float]]:
+        out = {}
+        for key, metric in self.metrics.items():
+            if not key.endswith("#position"):
+                order = self.metrics[f"{key}#position"].compute().argsort()
+                out[key] = metric.compute()[order].tolist()
+        return out
 
 
 def intervention_variables(name: str, model, datamodule) -> list[str] | None:
@@ -96,19 +148,29 @@ def draw_interventions(
     return {name: torch.randperm(n, generator=generator) for name in names}
 
 
-def _batches(datamodule):
-    position = 0
-    for batch in datamodule.test_dataloader():
+def _batches(datamodule, shard: Shard):
+    """``(test-split positions, batch)`` of this rank's block, in order."""
+    positions = shard.positions(len(datamodule.test_set))
+    loader = datamodule.test_dataloader()
+    if shard.count > 1:
+        loader = DataLoader(
+            Subset(datamodule.test_set, positions.tolist()),
+            batch_size=loader.batch_size,
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+        )
+    start = 0
+    for batch in loader:
         size = len(batch["x"])
-        yield torch.arange(position, position + size), batch
-        position += size
+        yield positions[start : start + size], batch
+        start += size
 
 
 @torch.inference_mode()
-def floor(predictor, datamodule) -> dict[str, dict[str, float]]:
+def floor(predictor, datamodule, shard: Shard = Shard()) -> dict[str, dict[str, float]]:
     """The judges' own error on real test images: the best any model can score."""
-    sums, morph = _Sums(), _Sums()
-    for _, batch in _batches(datamodule):
+    sums, morph = _Means(), _Means()
+    for _, batch in _batches(datamodule, shard):
         for name, error in predictor_errors(predictor, batch["x"], batch["pa"]).items():
             sums.add(name, error)
         measured = datamodule.measure_attributes(batch["x"])
@@ -124,9 +186,9 @@ def decoder_options(model, settings: SuiteSettings) -> dict[str, Any] | None:
     return {**settings.options, "residual": False}
 
 
-def _composition_curve(model, datamodule, settings, options, bar=None) -> list[float]:
-    steps = _Sums()
-    for _, batch in _batches(datamodule):
+def _composition_curve(model, datamodule, settings, options, shard, bar=None) -> list[float]:
+    steps = _Means()
+    for _, batch in _batches(datamodule, shard):
         curve = composition(
             model,
             batch["x"],
@@ -144,27 +206,39 @@ def _composition_curve(model, datamodule, settings, options, bar=None) -> list[f
 
 
 def run_seed(
-    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, seed: int, bar=None
+    model,
+    datamodule,
+    predictor,
+    realism: Realism,
+    settings: SuiteSettings,
+    seed: int,
+    bar=None,
+    minimality: Minimality | None = None,
+    shard: Shard = Shard(),
 ) -> dict[str, Any]:
     """All metrics for one seed, under generators seeded with ``seed`` (the caller's state is
     restored afterwards)."""
     with seeded(seed), torch.inference_mode():
-        return _run_seed(model, datamodule, predictor, realism, settings, seed, bar)
+        return _run_seed(
+            model, datamodule, predictor, realism, settings, seed, bar, minimality, shard
+        )
 
 
-def _run_seed(model, datamodule, predictor, realism, settings, seed, bar) -> dict[str, Any]:
+def _run_seed(
+    model, datamodule, predictor, realism, settings, seed, bar, minimality, shard
+) -> dict[str, Any]:
     test_attributes = datamodule.attributes(datamodule.test_set.indices)
     draws = draw_interventions(settings.interventions, test_attributes, seed)
     result: dict[str, Any] = {"interventions": {}, "effect_size": {}}
 
     options = dict(settings.options)
-    result["composition"] = _composition_curve(model, datamodule, settings, options, bar)
+    result["composition"] = _composition_curve(model, datamodule, settings, options, shard, bar)
     decoder = decoder_options(model, settings)
     if decoder is not None:
         result["composition_decoder"] = (
             result["composition"]  # the residual is off already
             if decoder == options
-            else _composition_curve(model, datamodule, settings, decoder, bar)
+            else _composition_curve(model, datamodule, settings, decoder, shard, bar)
         )
 
     for name in settings.interventions:
@@ -172,14 +246,14 @@ def _run_seed(model, datamodule, predictor, realism, settings, seed, bar) -> dic
         if variables is None:
             result["interventions"][name] = None  # the model can't intervene on it (the oracle)
             if bar is not None:
-                bar.update(len(datamodule.test_set))
+                bar.update(len(shard.positions(len(datamodule.test_set))))
             continue
         has_truth = datamodule.has_ground_truth and set(variables) <= set(
             datamodule.ground_truth_variables
         )
-        sums, sizes, size_errors = _Sums(), [], []
+        sums, effect = _Means(), _Lists()
         realism.reset_fake()
-        for positions, batch in _batches(datamodule):
+        for positions, batch in _batches(datamodule, shard):
             source = draws[name][positions]
             do = {v: test_attributes[v][source] for v in variables}
             ids = batch["index"]
@@ -206,21 +280,27 @@ def _run_seed(model, datamodule, predictor, realism, settings, seed, bar) -> dic
             )
             for c, values in enumerate(cycles, start=1):
                 sums.add(f"reversibility/cycle{c}", values)
+            if minimality is not None:
+                scores = minimality.score(
+                    batch["x"], batch["pa"], image, parents, variables, batch["index"]
+                )
+                scored = ~scores["cld"].isnan()
+                sums.add("minimality/scored", scored.float())
+                for key, values in scores.items():
+                    sums.add(f"minimality/{key}", values[scored])
             realism.update(image, real=False)
             if len(variables) == 1 and model.graph[variables[0]].is_continuous:
                 v = variables[0]
-                sizes.append((do[v].cpu() - batch["pa"][v].cpu()).abs())
-                size_errors.append(predictor_errors(predictor, image, parents)[v].cpu())
+                effect.add("size", positions, (do[v].cpu() - batch["pa"][v].cpu()).abs())
+                effect.add("error", positions, predictor_errors(predictor, image, parents)[v].cpu())
             if bar is not None:
                 bar.update(len(batch["x"]))
         means = sums.means()
         means.update(realism.compute())
         result["interventions"][name] = {"variables": variables, **means}
-        if sizes:
-            result["effect_size"][name] = {
-                "size": torch.cat(sizes).tolist(),
-                "error": torch.cat(size_errors).tolist(),
-            }
+        lists = effect.lists()
+        if lists:
+            result["effect_size"][name] = lists
     return result
 
 
@@ -265,35 +345,53 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_suite(
-    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, progress: bool = True
+    model,
+    datamodule,
+    predictor,
+    realism: Realism,
+    settings: SuiteSettings,
+    progress: bool = True,
+    minimality: Minimality | None = None,
+    shard: Shard = Shard(),
 ) -> dict[str, Any]:
     """Run every metric over the test split for each seed; return the aggregated report.
+
+    Args:
+        minimality: scores CLD per intervention when given.
+        shard: this process's part of the test split (every rank calls with its own).
 
     Torch's global random state is as the caller left it afterwards (even a DataLoader's
     iterator draws a seed from it).
     """
     with kept_rng():
-        return _run_suite(model, datamodule, predictor, realism, settings, progress)
+        return _run_suite(
+            model, datamodule, predictor, realism, settings, progress, minimality, shard
+        )
 
 
-def _run_suite(model, datamodule, predictor, realism, settings, progress) -> dict[str, Any]:
+def _run_suite(
+    model, datamodule, predictor, realism, settings, progress, minimality, shard
+) -> dict[str, Any]:
     start = time.perf_counter()
     if not settings.interventions:
         settings = replace(settings, interventions=[*model.graph.names, ALL])
     model.eval()
-    for batch in datamodule.test_dataloader():  # the real images' features, once for all seeds
+    for _, batch in _batches(datamodule, shard):  # the real images, once for all seeds
         realism.update(batch["x"], real=True)
-    n = len(datamodule.test_set)
+        if minimality is not None:
+            minimality.add_reference(batch["x"], batch["pa"], batch["index"])
+    n = len(shard.positions(len(datamodule.test_set)))
     compositions = 1 + (decoder_options(model, settings) not in (None, dict(settings.options)))
     total = n * len(settings.seeds) * (compositions + len(settings.interventions))
     with tqdm(total=total, desc="evaluating", unit="img", disable=not progress) as bar:
         per_seed = [
-            run_seed(model, datamodule, predictor, realism, settings, seed, bar)
+            run_seed(model, datamodule, predictor, realism, settings, seed, bar, minimality, shard)
             for seed in settings.seeds
         ]
     report = aggregate(per_seed)
-    report["floor"] = floor(predictor, datamodule)
-    report["num_test"] = n
+    report["floor"] = floor(predictor, datamodule, shard)
+    report["num_test"] = len(datamodule.test_set)
+    report["processes"] = shard.count
     report["seeds"] = list(settings.seeds)
     report["options"] = dict(settings.options)
     report["realism_extractor"] = realism.extractor

@@ -524,6 +524,7 @@ class CounterfactualModel(pl.LightningModule):
             on_step=stage == "train",
             on_epoch=True,
             batch_size=len(batch["x"]),
+            sync_dist=True,  # under DDP: every rank's batches, not one rank's
         )
         return loss
 

@@ -216,6 +216,7 @@ class AttributePredictor(pl.LightningModule):
             on_epoch=True,
             on_step=False,
             batch_size=len(x),
+            sync_dist=True,  # under DDP: every rank's batches, not one rank's
         )
         return loss
 
