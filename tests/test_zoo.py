@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     ]
     markdown_path = zoo.main(argv)
     results = json.loads(markdown_path.with_suffix(".json").read_text())
-    assert list(results["models"]) == ["vae", "hvae", "hvae_cf", "flow", "oracle"]
+    assert list(results["models"]) == ["vae", "hvae", "hvae_cf", "flow", "oracle", "identity"]
     columns = [
         "composition m=1",
         "composition m=3",
@@ -62,6 +63,7 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
         "truth L1 do(thickness)",
         "truth L1 do(intensity)",
         *(f"FID do({v})" for v in ATTRIBUTES),
+        *(f"CLD do({v})" for v in ATTRIBUTES),
     ]
     extra = ["training minutes", "train img/s", "counterfactuals/s", "peak train RSS (MB)"]
     decoder = ["composition m=1, decoder alone", "composition m=3, decoder alone"]
@@ -85,6 +87,8 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     )
     oracle = results["models"]["oracle"]["rows"][0]["metrics"]
     assert oracle["truth L1 do(thickness)"] < 0.05 and oracle["composition m=1"] == 0
+    identity = results["models"]["identity"]["rows"][0]["metrics"]
+    assert identity["CLD do(thickness)"] == pytest.approx(math.log(1 + math.e))
     assert set(results["floor"]["predictor"]) == set(ATTRIBUTES)
     assert set(results["floor"]["morphometry"]) == set(MEASURED)
     assert results["judges"]["effectiveness"]["role"] == "heldout"
@@ -96,7 +100,7 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     capsys.readouterr()
     zoo.main(argv)
     out = capsys.readouterr().out
-    assert out.count("already measured") == 5
+    assert out.count("already measured") == 6
     # --date names the file to extend or re-render (a run that crosses midnight, a later render)
     day = results_date(markdown_path)
     assert zoo.main([*argv, "--render-only", "--date", day]) == markdown_path
