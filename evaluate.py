@@ -106,6 +106,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     ensure_writable(output_dir, "the evaluation report", "paths.log_dir (or hydra.run.dir)")
     fabric = build_fabric(cfg.trainer)
+    # Before the processes start: a Trainer that fits a judge inside a distributed process waits
+    # for the other ranks forever. Under `trainer=ddp` the other processes start at launch and
+    # find what this one cached; under torchrun or srun each process prepares (see the README).
     with seeded(cfg.seed):  # the reference models' construction, reproducibly
         parts = _prepare(cfg)
     return fabric.launch(_score, cfg, output_dir, parts)

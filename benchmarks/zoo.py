@@ -56,6 +56,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 import evaluate as evaluate_script  # noqa: E402
 from datamodules import MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
+from datamodules.base import evenly_spaced  # noqa: E402
 from metrics.figures import save_grid, visible_interventions  # noqa: E402
 from metrics.judges import ROLES  # noqa: E402
 from models import load_model  # noqa: E402
@@ -337,7 +338,7 @@ def notes(results: dict, settings: dict, models: dict) -> str:
 def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path:
     """The same 8 test digits under do(thickness), do(intensity), do(digit): a row per model."""
     test = datamodule.test_set
-    batch = test.batch(torch.linspace(0, len(test) - 1, 8).long().tolist())
+    batch = test.batch(evenly_spaced(len(test), 8).tolist())
     models = {name: load_model(ckpt).eval() for name, ckpt in checkpoints.items()}
     targets = visible_interventions(batch["pa"], datamodule.graph)
     rows = [("factual", batch["x"], batch["pa"])]

@@ -297,6 +297,15 @@ def _batch_size(pa: Mapping[str, Tensor]) -> int:
     return sizes.pop()
 
 
+def evenly_spaced(length: int, n: int) -> Tensor:
+    """``min(n, length)`` positions evenly spaced over ``0 .. length - 1``, both ends included.
+
+    Evenly spaced, not the first ``n``: a split stored in class order (the embedded Morpho-MNIST
+    is sorted by digit) would otherwise give a subset of one class.
+    """
+    return torch.linspace(0, length - 1, min(n, length)).round().long()
+
+
 class ImageAttributeDataset(Dataset):
     """Images (uint8) and attributes held in memory, served as contract batches.
 
@@ -320,15 +329,10 @@ class ImageAttributeDataset(Dataset):
         return self.__getitems__([item])[0]
 
     def evenly_spaced(self, n: int) -> ImageAttributeDataset:
-        """``n`` samples evenly spaced over the split, sharing its arrays (a cheaper evaluation).
-
-        Evenly spaced, not the first ``n``: a split stored in class order (the embedded
-        Morpho-MNIST is sorted by digit) would otherwise give a subset of one class.
-        """
+        """``n`` samples evenly spaced over the split (:func:`evenly_spaced`), sharing its arrays
+        (a cheaper evaluation)."""
         subset = copy.copy(self)
-        if n < len(self.indices):
-            positions = torch.linspace(0, len(self.indices) - 1, n).round().long()
-            subset.indices = self.indices[positions]
+        subset.indices = self.indices[evenly_spaced(len(self.indices), n)]
         return subset
 
     def batch(self, positions: Iterable[int]) -> dict[str, Any]:

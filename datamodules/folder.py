@@ -52,6 +52,7 @@ from datamodules.base import (
     CachedArrayDataModule,
     CausalGraph,
     Variable,
+    evenly_spaced,
 )
 
 __all__ = ["FolderDataModule", "graph_from_yaml", "load_image_folder", "read_graph_spec"]
@@ -477,7 +478,7 @@ def write_image_folder(
     for (split, dataset), count in zip(splits.items(), counts):
         if count == 0:
             continue
-        positions = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist()
+        positions = evenly_spaced(len(dataset), count).tolist()
         batch = dataset.batch(positions)
         for n in tqdm(range(len(positions)), desc=f"writing {split}", disable=not progress):
             index = int(batch["index"][n])

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from datamodules.base import evenly_spaced  # noqa: E402
 from datamodules.cache import write_output  # noqa: E402
 
 
@@ -88,8 +89,7 @@ def counterfactual_grid(model, datamodule, path: str | Path, n: int = 8) -> Path
     """Save ``n`` test images (spread over the split) and one counterfactual row per attribute
     the model can intervene on (see :func:`visible_interventions`)."""
     test = datamodule.test_set
-    picks = torch.linspace(0, len(test) - 1, n).long().tolist()  # the split may be class-sorted
-    batch = test.batch(picks)
+    batch = test.batch(evenly_spaced(len(test), n).tolist())
     model.eval()
     rows = [("factual", batch["x"], batch["pa"])]
     allowed = model.intervenable or model.graph.names

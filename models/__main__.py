@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from torchvision.utils import save_image
 
 from datamodules import DATAMODULES
+from datamodules.base import evenly_spaced
 from datamodules.folder import load_image_folder
 from metrics.figures import save_grid
 from models.loading import load_model
@@ -79,8 +80,7 @@ def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str
     if split not in dataset:
         raise ValueError(f"split must be train, val or test, got '{split}'")
     subset = dataset[split]
-    picks = torch.linspace(0, len(subset) - 1, min(int(cfg.get("num", 16)), len(subset))).long()
-    batch = subset.batch(picks.tolist())
+    batch = subset.batch(evenly_spaced(len(subset), int(cfg.get("num", 16))).tolist())
     return batch["x"], batch["pa"], [f"{split}-{i}" for i in batch["index"].tolist()]
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 
 from models.base import FineTuning
 
@@ -64,3 +66,56 @@ def test_common_trainer_keys_need_no_plus_and_reach_lightning(trainer, tmp_path)
     assert built.limit_val_batches == 2
     assert built.accumulate_grad_batches == 2
     assert type(built.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml") if p.stem != "default")
+
+
+#: Every option of every config group, found on disk, so that a new config is covered too.
+GROUP_OPTIONS = [
+    (group, option)
+    for group in ("data", "model", "trainer", "callbacks", "logger", "paths", "experiment")
+    for option in _options(group)
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_config_option_composes_and_builds(group, option, morpho, tmp_path):
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    if option.endswith("_cf_morphomnist"):
+        overrides.append("model.cf_finetune.init_ckpt=stage1.ckpt")
+    if option == "folder":  # the user's folder is mandatory; its graph is read at construction
+        (tmp_path / "graph.yaml").write_text(
+            "variables:\n  a: {kind: continuous, support: [0, 1]}\n"
+        )
+        (tmp_path / "attributes.csv").write_text("file,a\nx.png,0.5\n")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "x.png")
+        overrides.append(f"data.root={tmp_path}")
+    # evaluate.py has the data, model, trainer and paths groups of train.py
+    for config in (
+        ("evaluate", "train") if group in ("data", "model", "trainer", "paths") else ("train",)
+    ):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose(config, overrides=overrides)
+    if group == "model" or group == "experiment":
+        if "baselines" in cfg.model._target_:
+            model = instantiate(cfg.model, datamodule=morpho)
+        else:
+            model = instantiate(
+                cfg.model,
+                graph=morpho.graph.to_dict(),
+                image_shape=list(morpho.image_shape),
+                dataset=morpho.name,
+                _convert_="all",
+            )
+        assert type(model).__name__ == cfg.model._target_.rsplit(".", 1)[1]
+    elif group == "trainer" and cfg.trainer.accelerator in ("cpu", "auto") and option != "auto":
+        built = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)
+        assert built.world_size == cfg.trainer.devices * cfg.trainer.get("num_nodes", 1)
+    elif group == "data":
+        datamodule = instantiate(cfg.data, data_dir=str(tmp_path), _convert_="all")
+        assert datamodule.batch_size == cfg.data.batch_size
+    elif group in ("callbacks", "logger"):
+        for settings in (cfg.get(group) or {}).values():
+            assert instantiate(settings, _convert_="all") is not None

@@ -91,3 +91,29 @@ def test_the_decoder_alone_composition_of_a_model_with_a_residual(morpho, tiny_p
 
 def test_a_model_without_a_residual_has_no_decoder_alone_curve(oracle_report):
     assert "composition_decoder" not in oracle_report
+
+
+def test_do_all_sets_every_attribute_from_one_other_test_sample(morpho, tiny_predictor):
+    """do(all) is a draw from the joint: each sample's values all come from one other sample."""
+    seen: list[tuple] = []
+
+    class Recording(IdentityModel):
+        def counterfactual(self, x, pa, do, **options):
+            seen.append(({k: torch.as_tensor(v).clone() for k, v in do.items()}, options))
+            return super().counterfactual(x, pa, do, **options)
+
+    settings = replace(SETTINGS, interventions=("all",), composition_steps=1)
+    score(Recording(morpho), morpho, tiny_predictor, settings)
+    test = morpho.attributes(morpho.test_set.indices)
+    rows = torch.stack([test[v].double() for v in morpho.graph.names], 1)
+    joint = [do for do, _ in seen if set(do) == set(morpho.graph.names)]
+    assert joint, "no do(all) call"
+    sources = []
+    for do in joint:
+        drawn = torch.stack([do[v].double() for v in morpho.graph.names], 1)
+        # the one test sample whose attributes equal the drawn row, for every row
+        match = (drawn[:, None, :] == rows[None, :, :]).all(-1)
+        assert match.any(1).all(), "a do(all) row mixes the values of several samples"
+        sources.append(match.float().argmax(1))
+    sources = torch.cat(sources)
+    assert len(sources.unique()) > 0.5 * len(rows)  # a permutation of the split, not one sample
