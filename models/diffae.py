@@ -134,7 +134,7 @@ class DiffAEMechanism(ImageMechanism):
         block_weight: float = 1.0,
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
-        semantic_kl: float = 0.0,
+        semantic_kl: float = 0.01,
         steps: int = 20,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
@@ -362,10 +362,8 @@ class DiffusionAutoencoder(CounterfactualModel):
         scheduler: noise-schedule options (see :func:`models.nn.diffusion.build_schedulers`);
             default 1000 linear levels.
         p_uncond: probability of dropping the attributes in training (classifier-free guidance).
-        semantic_kl: weight of the semantic bottleneck (0: off, a deterministic encoder; the
-            default here, so checkpoints from before the option load as they were trained, while
-            ``configs/model/diffae.yaml`` turns it on). When
-            positive, the semantic part (causal mode: the style block) is a Gaussian posterior
+        semantic_kl: weight of the semantic bottleneck (0: off, a deterministic encoder, as
+            checkpoints from before the option were trained and are loaded). When positive, the semantic part (causal mode: the style block) is a Gaussian posterior
             that training samples and pays ``semantic_kl * KL(q(z | x) || N(0, I))`` for (nats
             per image, added to the per-pixel noise MSE); abduction takes its mean.
         steps: default DDIM steps at counterfactual time.
@@ -393,7 +391,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         block_weight: float = 1.0,
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
-        semantic_kl: float = 0.0,
+        semantic_kl: float = 0.01,
         steps: int = 20,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,

@@ -29,6 +29,11 @@ MODELS: dict[str, type[pl.LightningModule]] = {
 }
 
 
+#: Hyperparameters added after checkpoints were already written, with the value those earlier
+#: checkpoints were trained under (a newer default would build another model from them).
+ADDED_LATER: dict[str, dict[str, object]] = {"DiffusionAutoencoder": {"semantic_kl": 0.0}}
+
+
 def load_model(
     path: str | Path,
     map_location: str | torch.device = "cpu",
@@ -65,9 +70,14 @@ def load_model(
             f"{path} lacks {' and '.join(missing)}: it is not a whole checkpoint of "
             "`python train.py`. Pass last.ckpt or the best checkpoint of the run."
         )
+    trained_without = {
+        key: value
+        for key, value in ADDED_LATER.get(name, {}).items()
+        if key not in checkpoint["hyper_parameters"]
+    }
     try:
         model = MODELS[name].load_from_checkpoint(
-            Path(path).expanduser(), map_location=map_location, weights_only=True
+            Path(path).expanduser(), map_location=map_location, weights_only=True, **trained_without
         )
     except (TypeError, KeyError, RuntimeError) as error:
         raise ValueError(

@@ -119,3 +119,57 @@ def test_every_config_option_composes_and_builds(group, option, morpho, tmp_path
     elif group in ("callbacks", "logger"):
         for settings in (cfg.get(group) or {}).values():
             assert instantiate(settings, _convert_="all") is not None
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+#: A ``None`` default of a model that a dict of settings fills: the function whose defaults it
+#: means.
+NONE_MEANS = {
+    "scm": "models.scm.AttributeSCM",
+    "scheduler": "models.nn.diffusion.SCHEDULER_DEFAULTS",
+}
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        o
+        for o in _options("model")
+        if "defaults" not in (CONFIGS / "model" / f"{o}.yaml").read_text()
+    ],
+)
+def test_a_model_config_repeats_its_python_defaults_exactly(option):
+    """One source of truth: each base model config's values are its class's defaults (presets
+    such as ``*_large`` build on a base config and change it on purpose)."""
+    import importlib
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{option}.yaml"))
+    module, name = config.pop("_target_").rsplit(".", 1)
+    parameters = inspect.signature(
+        getattr(importlib.import_module(module), name).__init__
+    ).parameters
+    for key, value in config.items():
+        assert key in parameters, f"{option}.yaml sets {key}, which {name} does not take"
+        default = parameters[key].default
+        if default is inspect.Parameter.empty:
+            continue
+        if default is None and key in NONE_MEANS:
+            module_name, attribute = NONE_MEANS[key].rsplit(".", 1)
+            meant = getattr(importlib.import_module(module_name), attribute)
+            if callable(meant):
+                meant = {
+                    k: p.default
+                    for k, p in inspect.signature(meant.__init__).parameters.items()
+                    if k in value
+                }
+            assert {k: meant[k] for k in value} == value, f"{option}.yaml {key}"
+            continue
+        assert _plain(value) == _plain(default), (
+            f"{option}.yaml {key}: {value} vs {name}'s {default}"
+        )

@@ -158,7 +158,7 @@ def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
 
 
 def test_checkpoints_from_before_the_bottleneck_load_without_it(morpho, tmp_path):
-    path = save_checkpoint(build(morpho), tmp_path / "old.ckpt")
+    path = save_checkpoint(build(morpho, semantic_kl=0.0), tmp_path / "old.ckpt")
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["hyper_parameters"]["semantic_kl"]  # as written before the option existed
     torch.save(checkpoint, path)
