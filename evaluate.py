@@ -150,6 +150,7 @@ def _prepare(cfg: DictConfig) -> dict[str, Any]:
         composition_steps=cfg.composition_steps,
         reversibility_cycles=cfg.reversibility_cycles,
         options=OmegaConf.to_container(cfg.options),
+        sampling=cfg.sampling,
     )
     for name in settings.interventions:  # unknown names fail now, not after predictor training
         intervention_variables(name, model, datamodule)

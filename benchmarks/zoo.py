@@ -214,6 +214,11 @@ def metrics_of(report: dict) -> dict[str, float]:
         out[f"FID do({name})"] = stat(name, "fid")
     for name in names:
         out[f"CLD do({name})"] = stat(name, "minimality/cld")
+    sampling = report.get("sampling") or {}
+    out["sample FID"] = sampling["fid"]["mean"] if "fid" in sampling else nan
+    for name in names:
+        key = f"marginal/{name}"
+        out[f"sample marginal {name}"] = sampling[key]["mean"] if key in sampling else nan
     return out
 
 

@@ -106,6 +106,39 @@ def markdown(report: dict[str, Any]) -> str:
                 )
             )
         lines.append("| " + " | ".join(row) + " |")
+    sampling = report.get("sampling")
+    if sampling:
+        lines += [
+            "",
+            f"## Samples ({report['num_test']} per seed, attributes drawn from the model's SCM)",
+            "",
+            "| | FID | KID x 1000 | "
+            + " | ".join(f"{a} ({judge})" for a in attributes)
+            + " | "
+            + " | ".join(f"{a} marginal (judged / SCM)" for a in attributes)
+            + " |",
+            "|" + "---|" * (3 + 2 * len(attributes)),
+            "| samples | "
+            + _fmt(sampling.get("fid"))
+            + " | "
+            + _fmt({k: 1000 * v for k, v in sampling["kid"].items() if k != "per_seed"})
+            + " | "
+            + " | ".join(
+                _fmt(sampling.get(f"effectiveness/{a}"), percent=graph_kinds[a] != "continuous")
+                for a in attributes
+            )
+            + " | "
+            + " | ".join(
+                f"{_fmt(sampling.get(f'marginal/{a}'), 3)} / {_fmt(sampling.get(f'scm_marginal/{a}'), 3)}"
+                for a in attributes
+            )
+            + " |",
+            "",
+            "The judge's error on each sample against the attributes it was drawn under (MAE or "
+            "accuracy); marginal: the distance from the test attributes' distribution of the "
+            "judge's reading of the samples, and of the SCM's draws (1-Wasserstein in natural "
+            "units for continuous attributes, total variation for categorical ones).",
+        ]
     lines += ["", "## Effectiveness floor and the model-free judge", ""]
     lines += [
         f"| attribute | {judge} on real test images | "

@@ -27,6 +27,7 @@ with the same settings: the syncs are collective.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,8 @@ class SuiteSettings:
         composition_steps: ``M`` of the composition curve ``m = 1..M``.
         reversibility_cycles: round trips of the reversibility test.
         options: counterfactual options passed to the model (e.g. ``{"residual": False}``).
+        sampling: also score the model's observational samples (:func:`sampling_metrics`), as
+            many as there are test images, when the model can sample.
     """
 
     interventions: Sequence[str] = ()
@@ -65,6 +68,7 @@ class SuiteSettings:
     composition_steps: int = 10
     reversibility_cycles: int = 3
     options: Mapping[str, Any] = field(default_factory=dict)
+    sampling: bool = True
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,76 @@ def _composition_curve(model, datamodule, settings, options, shard, bar=None) ->
     return [means[f"m{m}"] for m in range(1, settings.composition_steps + 1)]
 
 
+#: Samples are drawn in blocks of this many, each under its own seed, so that the same samples
+#: are drawn whatever the number of processes (each process draws whole blocks).
+SAMPLE_BLOCK = 16
+
+
+def marginal_distance(drawn: Tensor, data: Tensor, continuous: bool) -> float:
+    """How far one attribute's distribution in ``drawn`` is from ``data``'s: the 1-Wasserstein
+    distance (natural units) of continuous values, the total variation distance of classes."""
+    drawn, data = drawn.double().flatten(), data.double().flatten()
+    if continuous:
+        levels = torch.linspace(0, 1, 201, dtype=torch.float64)
+        return float((torch.quantile(drawn, levels) - torch.quantile(data, levels)).abs().mean())
+    classes = int(max(drawn.max(), data.max())) + 1
+    frequency = [torch.bincount(v.long(), minlength=classes) / len(v) for v in (drawn, data)]
+    return float(0.5 * (frequency[0] - frequency[1]).abs().sum())
+
+
+def sampling_metrics(
+    model, datamodule, predictor, realism: Realism, settings: SuiteSettings, seed: int, shard, bar
+) -> dict[str, float]:
+    """The first rung: as many observational samples as test images, scored against the data.
+
+    - ``fid``, ``kid``: realism of the samples against the real test images;
+    - ``effectiveness/<attr>``, ``morphometry/<attr>``: the judges' error on each sample against
+      the attributes it was drawn under (the mechanism's fidelity to them);
+    - ``marginal/<attr>``: how far the judge's reading of the samples is from the test
+      attributes' distribution (1-Wasserstein for continuous attributes, total variation for
+      categorical ones): the SCM and the mechanism together;
+    - ``scm_marginal/<attr>``: the same for the attributes the SCM drew: the SCM alone.
+    """
+    n = len(datamodule.test_set)
+    count = math.ceil(n / SAMPLE_BLOCK)
+    if count < shard.count:
+        raise ValueError(
+            f"{n} samples make {count} blocks of {SAMPLE_BLOCK}, fewer than the {shard.count} "
+            "processes: score more test_images, use fewer processes, or pass sampling=false"
+        )
+    blocks = torch.tensor_split(torch.arange(count), shard.count)[shard.rank]
+    means, lists = _Means(), _Lists()
+    realism.reset_fake()
+    for block in blocks.tolist():
+        start = block * SAMPLE_BLOCK
+        size = min(SAMPLE_BLOCK, n - start)
+        with seeded(seed * 1_000_003 + block):
+            drawn = model.sample(size, **settings.options)
+        positions = torch.arange(start, start + size)
+        judged = predictor(drawn.image.to(predictor.device))
+        for attr, error in attribute_errors(judged, drawn.parents, predictor.graph).items():
+            means.add(f"effectiveness/{attr}", error)
+        measured = datamodule.measure_attributes(drawn.image)
+        for attr, error in attribute_errors(measured, drawn.parents, model.graph).items():
+            means.add(f"morphometry/{attr}", error)
+        for attr in model.graph.names:
+            lists.add(f"judged/{attr}", positions, judged[attr].cpu())
+            lists.add(f"drawn/{attr}", positions, drawn.parents[attr].cpu())
+        realism.update(drawn.image, real=False)
+        if bar is not None:
+            bar.update(size)
+    out = means.means()
+    out.update(realism.compute())
+    values = lists.lists()
+    data = datamodule.attributes(datamodule.test_set.indices)
+    for variable in model.graph.variables:
+        name, continuous = variable.name, variable.is_continuous
+        for key, prefix in (("judged", "marginal"), ("drawn", "scm_marginal")):
+            drawn = torch.tensor(values[f"{key}/{name}"])
+            out[f"{prefix}/{name}"] = marginal_distance(drawn, data[name], continuous)
+    return out
+
+
 def run_seed(
     model,
     datamodule,
@@ -239,6 +313,11 @@ def _run_seed(
             result["composition"]  # the residual is off already
             if decoder == options
             else _composition_curve(model, datamodule, settings, decoder, shard, bar)
+        )
+
+    if settings.sampling and model.mechanism.can_sample:
+        result["sampling"] = sampling_metrics(
+            model, datamodule, predictor, realism, settings, seed, shard, bar
         )
 
     for name in settings.interventions:
@@ -340,6 +419,10 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if k != "variables"
         }
         out["interventions"][name] = {"variables": first["variables"], **metrics}
+    if "sampling" in per_seed[0]:
+        out["sampling"] = {
+            k: _mean_std([r["sampling"][k] for r in per_seed]) for k in per_seed[0]["sampling"]
+        }
     out["effect_size"] = per_seed[0]["effect_size"]
     return out
 
@@ -382,7 +465,10 @@ def _run_suite(
             minimality.add_reference(batch["x"], batch["pa"], batch["index"])
     n = len(shard.positions(len(datamodule.test_set)))
     compositions = 1 + (decoder_options(model, settings) not in (None, dict(settings.options)))
-    total = n * len(settings.seeds) * (compositions + len(settings.interventions))
+    passes = compositions + len(settings.interventions)
+    total = n * len(settings.seeds) * passes
+    if settings.sampling and model.mechanism.can_sample:  # the samples' blocks, not this shard's
+        total += len(datamodule.test_set) // shard.count * len(settings.seeds)
     with tqdm(total=total, desc="evaluating", unit="img", disable=not progress) as bar:
         per_seed = [
             run_seed(model, datamodule, predictor, realism, settings, seed, bar, minimality, shard)

@@ -6,7 +6,9 @@ from models.base import (
     Exogenous,
     FineTuning,
     ImageMechanism,
+    Samples,
     counterfactual,
+    sample,
 )
 from models.loading import MODELS, load_model
 from models.scm import AttributeSCM
@@ -19,6 +21,8 @@ __all__ = [
     "Exogenous",
     "FineTuning",
     "ImageMechanism",
+    "Samples",
     "counterfactual",
     "load_model",
+    "sample",
 ]

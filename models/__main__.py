@@ -21,6 +21,13 @@ Options:
 
 Writes one PNG per counterfactual, counterfactuals.csv (factual and counterfactual attributes)
 and grid.png (factual row above counterfactual row).
+
+Samples (the first two rungs of the ladder) instead of counterfactuals:
+
+    python -m models sample ckpt_path=PATH [num=16] [do.NAME=VALUE ...] [opt.NAME=VALUE ...]
+
+draws num images with attributes from the model's SCM (under do, when given; shift.NAME=DELTA
+shifts each drawn value) and writes sample-00000.png ..., samples.csv and grid.png.
 """
 
 from __future__ import annotations
@@ -84,13 +91,13 @@ def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str
     return batch["x"], batch["pa"], [f"{split}-{i}" for i in batch["index"].tolist()]
 
 
-def _interventions(cfg) -> dict:
+def _interventions(cfg, required: bool = True) -> dict:
     do = {name: float(value) for name, value in (cfg.get("do") or {}).items()}
     for name, delta in (cfg.get("shift") or {}).items():
         if name in do:
             raise ValueError(f"'{name}' is both set (do.{name}) and shifted (shift.{name})")
         do[name] = lambda value, delta=float(delta): value + delta
-    if not do:
+    if required and not do:
         raise ValueError("no intervention given: add do.NAME=VALUE or shift.NAME=DELTA")
     return do
 
@@ -142,10 +149,45 @@ def _output_names(names: list[str]) -> list[str]:
     return targets
 
 
+def sample_main(argv: list[str]) -> int:
+    """``python -m models sample ...``: observational or interventional samples of a model."""
+    cfg = _settings(argv)
+    if not cfg.get("ckpt_path"):
+        raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")
+    model = load_model(cfg.ckpt_path)
+    do = _interventions(cfg, required=False)
+    out_dir = Path(cfg.get("out_dir") or f"outputs/samples/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = model.sample(int(cfg.get("num", 16)), do=do, **dict(cfg.get("opt") or {}))
+    images, parents = drawn.image.cpu(), {k: v.cpu() for k, v in drawn.parents.items()}
+    with (out_dir / "samples.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["file", *parents])
+        for i in range(len(images)):
+            save_image(images[i], out_dir / f"sample-{i:05d}.png")
+            writer.writerow([f"sample-{i:05d}.png", *(parents[n][i].item() for n in parents)])
+    label = ", ".join(f"{k}={v}" for k, v in (cfg.get("do") or {}).items())
+    shown = slice(0, min(len(images), 12))
+    save_grid(
+        [
+            (
+                f"samples do({label})" if label else "samples",
+                images[shown],
+                {k: v[shown] for k, v in parents.items()},
+            )
+        ],
+        out_dir / "grid.png",
+    )
+    print(f"wrote {len(images)} samples, samples.csv and grid.png to {out_dir}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if argv[0] == "sample":
+        return sample_main(argv[1:])
     cfg = _settings(argv)
     if not cfg.get("ckpt_path"):
         raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")
@@ -203,6 +245,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, NotImplementedError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

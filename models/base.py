@@ -49,8 +49,10 @@ __all__ = [
     "Exogenous",
     "FineTuning",
     "ImageMechanism",
+    "Samples",
     "counterfactual",
     "read_checkpoint",
+    "sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,22 @@ class Counterfactual:
     do: dict[str, Tensor]
 
 
+@dataclass
+class Samples:
+    """Images drawn from a model (the first two rungs of Pearl's ladder).
+
+    Attributes:
+        image: ``(n, C, H, W)`` images in [0, 1].
+        parents: the attributes they were drawn under (natural units).
+        do: the interventions, resolved to one tensor per intervened variable (empty when
+            observational).
+    """
+
+    image: Tensor
+    parents: dict[str, Tensor]
+    do: dict[str, Tensor]
+
+
 class ImageMechanism(nn.Module):
     """Base of every family's image mechanism: a plain module, usable without Lightning.
 
@@ -148,6 +166,23 @@ class ImageMechanism(nn.Module):
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether the mechanism has a prior to draw images from (:meth:`prior_noise`)."""
+        return type(self).prior_noise is not ImageMechanism.prior_noise
+
+    def prior_noise(self, pa: Mapping[str, Tensor], **options: Any) -> Any:
+        """Noise drawn from the mechanism's prior, one per sample of ``pa``: ``predict`` turns it
+        into images of ``p(x | pa)``.
+
+        Raises:
+            NotImplementedError: the mechanism has no prior to draw from.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no prior over its noise, so it can't sample images: "
+            "sample a learned family (vae, hvae, flow, diffae)"
+        )
 
 
 #: How far outside [0, 1] a pixel may stray (float rounding of an earlier model's output).
@@ -246,6 +281,50 @@ def counterfactual(
         noise=noise,
         do=resolved,
     )
+
+
+def sample(
+    mechanism: ImageMechanism,
+    scm: AttributeSCM,
+    n: int | None = None,
+    *,
+    pa: Mapping[str, Tensor] | None = None,
+    do: Mapping[str, Intervention] | None = None,
+    device: torch.device | str | None = None,
+    **options: Any,
+) -> Samples:
+    """Observational and interventional samples: the ladder's first two rungs.
+
+    Without ``pa``, the attributes are drawn from the attribute SCM (ancestral sampling). ``do``
+    then sets the intervened ones and every descendant is recomputed from the same draw of the
+    attributes' noise: a sample of ``p(pa | do)``. With ``pa``, the images are drawn under those
+    attributes (``do`` applied to them, descendants recomputed from their abducted noise). The
+    image's noise comes from the mechanism's prior (:meth:`ImageMechanism.prior_noise`) and is
+    turned into images by its ``predict``, as a counterfactual's is.
+
+    Args:
+        n: number of samples (without ``pa``).
+        pa: attributes to draw images under, ``(n,)`` tensors in natural units.
+        do: name -> value per sample (tensor), scalar, or function of the drawn value.
+        device: where the attributes are drawn (without ``pa``).
+        **options: the mechanism's options (e.g. the diffusion autoencoder's ``steps``).
+    """
+    options = mechanism.resolve_options(options)
+    if "residual" in options:  # a sample has no factual image whose pixel residual could stay
+        options["residual"] = False
+    if pa is None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample needs a number of images n >= 1 (or pa), got {n!r}")
+        noise = {name: m.sample_noise(n, device) for name, m in scm.mechanisms.items()}
+        pa = scm.predict(noise)
+    else:
+        noise = None  # act() abducts what the descendants of do need
+    resolved = scm.graph.resolve(pa, do or {})
+    parents = scm.act(pa, resolved, noise) if resolved else dict(pa)
+    image_noise = mechanism.prior_noise(parents, **options)
+    # every attribute is "set" for a sample: the mechanism takes them all as given
+    image = mechanism.predict(image_noise, parents, frozenset(parents), **options)
+    return Samples(image=image, parents=parents, do=resolved)
 
 
 @dataclass(frozen=True)
@@ -452,6 +531,38 @@ class CounterfactualModel(pl.LightningModule):
             )
         return counterfactual(self.mechanism, self.scm, x, pa, do, sample_ids=sample_ids, **options)
 
+    @torch.inference_mode()
+    def sample(
+        self,
+        n: int | None = None,
+        *,
+        pa: Mapping[str, Tensor] | None = None,
+        do: Mapping[str, Intervention] | None = None,
+        **options: Any,
+    ) -> Samples:
+        """Draw images: observational (attributes from the SCM), given ``pa``, or under ``do``.
+
+        ``model.sample(16)``, ``model.sample(16, do={"digit": 3})``, ``model.sample(pa=pa)``;
+        see :func:`sample`.
+
+        Raises:
+            ValueError: no ``n`` or ``pa``, attributes or interventions out of support or of
+                unknown names, unknown options.
+            NotImplementedError: a reference model (the oracle, the identity) has no prior.
+        """
+        if pa is not None:
+            size = len(torch.as_tensor(next(iter(pa.values()))))
+            if n is not None and n != size:
+                raise ValueError(f"sample got n={n} and pa of {size} samples: pass one of them")
+            pa = self.check_attributes(pa, size)
+        if do and self.intervenable is not None and not set(do) <= set(self.intervenable):
+            unsupported = sorted(set(do) - set(self.intervenable))
+            raise ValueError(
+                f"{type(self).__name__} can't intervene on {unsupported}; it supports "
+                f"{', '.join(self.intervenable)}"
+            )
+        return sample(self.mechanism, self.scm, n, pa=pa, do=do, device=self.device, **options)
+
     def check_inputs(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Validate and move images and attributes to the model's device."""
         x = torch.as_tensor(x)
@@ -461,6 +572,10 @@ class CounterfactualModel(pl.LightningModule):
                 f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
             )
         check_images(x)
+        return x.to(self.device, torch.float32), self.check_attributes(pa, len(x))
+
+    def check_attributes(self, pa: Mapping[str, Tensor], size: int) -> dict[str, Tensor]:
+        """Validate ``size`` samples' attributes and move them to the model's device."""
         missing = [name for name in self.graph.names if name not in pa]
         if missing:
             raise ValueError(
@@ -469,13 +584,13 @@ class CounterfactualModel(pl.LightningModule):
         checked = {}
         for variable in self.graph.variables:
             value = torch.as_tensor(pa[variable.name])
-            if tuple(value.shape) != (len(x),):
+            if tuple(value.shape) != (size,):
                 raise ValueError(
-                    f"pa['{variable.name}'] must have shape ({len(x)},) like the images, "
+                    f"pa['{variable.name}'] must have shape ({size},), one value per sample, "
                     f"got {tuple(value.shape)}"
                 )
             checked[variable.name] = variable.check(value, what="pa").to(self.device)
-        return x.to(self.device, torch.float32), checked
+        return checked
 
     # -- EMA and update skipping ------------------------------------------------------------------
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -312,6 +312,40 @@ class DiffAEMechanism(ImageMechanism):
             rest = self.latent_scm.rest(self.latent_scm.split(z)[0], pa)
         return DiffAENoise(z, x_T, rest)
 
+    @property
+    def can_sample(self) -> bool:
+        return self.semantic_kl > 0  # without the bottleneck the semantic latent has no prior
+
+    def prior_noise(
+        self, pa: Mapping[str, Tensor], steps: int, guidance_scale: float, inversion_iters: int
+    ) -> DiffAENoise:
+        """``x_T ~ N(0, I)`` and the semantic latent from the bottleneck's ``N(0, I)`` prior; in
+        causal mode each attribute block is its value's embedding (a rest of 0).
+
+        Raises:
+            NotImplementedError: trained without the semantic bottleneck (``semantic_kl=0``), the
+                semantic latent has no prior to draw from.
+        """
+        if not self.semantic_kl:
+            raise NotImplementedError(
+                "this diffusion autoencoder was trained without the semantic bottleneck "
+                "(semantic_kl=0), so its semantic latent has no prior to sample from; train with "
+                "model.semantic_kl > 0 (the default) to sample"
+            )
+        reference = next(iter(pa.values()))
+        n, device = len(reference), reference.device
+        config = self.unet.config
+        x_T = torch.randn(
+            n, config.in_channels, config.sample_size, config.sample_size, device=device
+        )
+        semantic = torch.randn(n, self.semantic_dim, device=device)
+        if not self.causal_latent:
+            return DiffAENoise(semantic, x_T)
+        scm = self.latent_scm
+        blocks = torch.zeros(n, scm.dim, device=device)
+        rest = {v.name: torch.zeros(n, scm.block_dim, device=device) for v in scm.variables}
+        return DiffAENoise(torch.cat([blocks, semantic], 1), x_T, rest)
+
     def predict(
         self,
         noise: DiffAENoise,

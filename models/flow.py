@@ -227,6 +227,12 @@ class FlowImageMechanism(ImageMechanism):
         u, _ = self.flow(x, self.parents(pa))
         return FlowNoise(u)
 
+    def prior_noise(self, pa: Mapping[str, Tensor]) -> FlowNoise:
+        """``u ~ N(0, I)``, the flow's base distribution."""
+        reference = next(iter(pa.values()))
+        size = sum(math.prod(shape) for shape in self.flow.shapes)
+        return FlowNoise(torch.randn(len(reference), size, device=reference.device))
+
     def predict(
         self, noise: FlowNoise, pa: Mapping[str, Tensor], intervened: frozenset[str]
     ) -> Tensor:

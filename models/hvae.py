@@ -194,6 +194,7 @@ class HVAEMechanism(ImageMechanism):
     ):
         super().__init__(temperature=temperature, residual=residual)
         channels, image_size, _ = image_shape
+        self.image_shape = tuple(int(v) for v in image_shape)
         self.parents = ParentEncoder(graph, graph.image_parents)
         parents = self.parents.dim
         self.beta = beta
@@ -358,6 +359,16 @@ class HVAEMechanism(ImageMechanism):
         # the residual about the image the abducted noise decodes to under the same attributes
         decoded, _ = self.top_down(context, "predict", noise=levels)
         return HVAENoise(levels, decoded.noise(y))
+
+    def prior_noise(
+        self, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> HVAENoise:
+        """``u_l ~ N(0, I)`` at every level (``z_l`` from its prior), no pixel residual."""
+        reference = next(iter(pa.values()))
+        # one abduction of blank images gives each level's shape
+        blank = torch.zeros(len(reference), *self.image_shape, device=reference.device)
+        levels = self.abduct(blank, pa, temperature=0.0, residual=False).levels
+        return HVAENoise([torch.randn_like(level) for level in levels])
 
     def predict(
         self,

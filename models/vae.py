@@ -119,6 +119,11 @@ class VAEMechanism(ImageMechanism):
         z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
         return VAENoise(z, self.decode(z, pa).noise(to_signed(x)) if residual else None)
 
+    def prior_noise(self, pa: Mapping[str, Tensor], temperature: float, residual: bool) -> VAENoise:
+        """``z ~ N(0, I)``, no pixel residual: a sample is the decoder mean under ``pa``."""
+        reference = next(iter(pa.values()))
+        return VAENoise(torch.randn(len(reference), self.latent_dim, device=reference.device))
+
     def predict(
         self,
         noise: VAENoise,

@@ -135,6 +135,17 @@ def test_a_run_directory_hydra_cannot_create_is_named_before_any_work(script, tm
     assert blocker.read_text() == "kept"
 
 
+def test_the_sampling_command_line_writes_samples_under_do(trained, tmp_path):
+    _, metrics = trained
+    out = tmp_path / "samples"
+    argv = ["sample", f"ckpt_path={metrics['last_ckpt']}", "num=5", "do.digit=3", f"out_dir={out}"]
+    assert counterfactual_cli(argv) == 0
+    rows = list(csv.DictReader((out / "samples.csv").open()))
+    assert len(rows) == 5 and {float(r["digit"]) for r in rows} == {3.0}
+    assert all((out / r["file"]).stat().st_size > 0 for r in rows)
+    assert (out / "grid.png").stat().st_size > 1000
+
+
 def test_counterfactual_command_line(trained, data_dir, tmp_path):
     _, metrics = trained
     out = tmp_path / "cf"

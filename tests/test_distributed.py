@@ -125,6 +125,7 @@ def test_two_processes_give_the_report_of_one(two_process_run, data_dir, tmp_pat
     expected, got = dict(_numbers(one)), dict(_numbers(two))
     assert expected.keys() == got.keys()
     assert any(key.endswith("minimality/cld/mean") for key in expected)
+    assert "/sampling/fid/mean" in expected  # the samples, drawn block by block, agree too
     assert f"/effect_size/thickness/size[{TEST_IMAGES - 1}]" in expected  # in test-split order
     differ = {
         key: (expected[key], got[key])

@@ -117,3 +117,25 @@ def test_do_all_sets_every_attribute_from_one_other_test_sample(morpho, tiny_pre
         sources.append(match.float().argmax(1))
     sources = torch.cat(sources)
     assert len(sources.unique()) > 0.5 * len(rows)  # a permutation of the split, not one sample
+
+
+def test_marginal_distance_is_wasserstein_for_values_and_total_variation_for_classes():
+    from metrics.suite import marginal_distance
+
+    values = torch.linspace(0, 1, 1001)
+    assert marginal_distance(values + 0.25, values, continuous=True) == pytest.approx(0.25)
+    assert marginal_distance(values, values, continuous=True) == 0.0
+    classes = torch.tensor([0, 0, 1, 1])
+    assert marginal_distance(torch.tensor([0, 0, 0, 1]), classes, continuous=False) == 0.25
+    assert marginal_distance(torch.tensor([2, 2, 2, 2]), classes, continuous=False) == 1.0
+
+
+def test_samples_are_scored_against_the_data(morpho, tiny_predictor):
+    vae = FAMILIES["vae"][0](morpho)  # untrained: far from the data, so the marginals show it
+    settings = replace(SETTINGS, interventions=("intensity",), composition_steps=1)
+    sampled = score(vae, morpho, tiny_predictor, settings)["sampling"]
+    assert {f"scm_marginal/{n}" for n in morpho.graph.names} <= set(sampled)
+    real = score(OracleModel(morpho), morpho, tiny_predictor, settings)
+    assert "sampling" not in real  # the oracle has no prior to sample from
+    # the untrained decoder's samples are judged far from the intensities they were drawn at
+    assert sampled["effectiveness/intensity"]["mean"] > 20

@@ -219,3 +219,65 @@ def test_a_briefly_trained_vae_beats_the_identity_on_the_truth_and_on_morphometr
     assert learned[1] < 0.6 * identity[1], (learned, identity)
     alone = (model.counterfactual(x, pa, {}, residual=False).image - x).abs().mean()
     assert alone < 0.85 * x.mean()
+
+
+def _fast(name: str) -> dict:
+    return {"steps": 2} if name.endswith("diffae") else {}
+
+
+def test_every_family_samples_observationally_and_under_do(family, test_batch):
+    name, model, _ = family
+    torch.manual_seed(0)
+    drawn = model.sample(6, **_fast(name))
+    assert drawn.image.shape == (6, *model.image_shape) and drawn.do == {}
+    assert drawn.image.min() >= 0 and drawn.image.max() <= 1
+    for variable in model.graph.variables:  # the attributes are the SCM's draws, in support
+        assert variable.check(drawn.parents[variable.name], what="sample") is not None
+    torch.manual_seed(0)
+    again = model.sample(6, **_fast(name))
+    assert torch.equal(again.image, drawn.image)  # reproducible under torch's seed
+    # rung 2: do(thickness) sets it and recomputes its descendant intensity from the same noise
+    torch.manual_seed(0)
+    intervened = model.sample(6, do={"thickness": 4.0}, **_fast(name))
+    assert torch.all(intervened.parents["thickness"] == 4.0)
+    assert torch.equal(intervened.parents["digit"], drawn.parents["digit"])
+    moved = intervened.parents["intensity"] != drawn.parents["intensity"]
+    assert moved.any()  # 4 px is thicker than most draws: the intensity mechanism responds
+    # images of given attributes
+    given = model.sample(pa=test_batch["pa"], **_fast(name))
+    assert torch.equal(given.parents["digit"], test_batch["pa"]["digit"])
+
+
+def test_sampling_errors_name_what_is_wrong(family, test_batch):
+    _, model, _ = family
+    with pytest.raises(ValueError, match="n >= 1"):
+        model.sample(0)
+    with pytest.raises(ValueError, match="n=3 and pa of"):
+        model.sample(3, pa=test_batch["pa"])
+    with pytest.raises(ValueError, match="unknown"):
+        model.sample(2, do={"colour": 1.0})
+
+
+def test_reference_models_cannot_sample_and_say_so(morpho):
+    from models.baselines import IdentityModel, OracleModel
+
+    for model in (OracleModel(morpho), IdentityModel(morpho)):
+        with pytest.raises(NotImplementedError, match="can't sample images"):
+            model.sample(2)
+
+
+def test_a_briefly_trained_vae_samples_the_thickness_it_is_asked_for(morpho):
+    """Rung 2 against the model-free judge: do(thickness) samples of a 300-step VAE on 300
+    digits measure near 1.5 px when asked for 1.5 and clearly thicker when asked for 4.5 (medians
+    measured 1.56 and 2.42: the tiny decoder under-draws thick strokes)."""
+    torch.manual_seed(0)
+    model = FAMILIES["vae"][0](morpho)
+    model.log_dict = lambda *args, **kwargs: None
+    fit_briefly(model, morpho, steps=300)
+    measured = {}
+    for thickness in (1.5, 4.5):
+        drawn = model.sample(200, do={"thickness": thickness})
+        measured[thickness] = morpho.measure_attributes(drawn.image)["thickness"]
+    thin, thick = measured[1.5].median(), measured[4.5].median()
+    assert abs(thin - 1.5) < 0.4, (thin, thick)
+    assert thick - thin > 0.6, (thin, thick)
