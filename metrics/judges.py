@@ -35,11 +35,7 @@ log = logging.getLogger(__name__)
 JUDGE_VERSION = 2
 
 #: Each role's settings; ``load_or_train_predictor(..., **overrides)`` changes any of them.
-#: Measured 2026-12-01 on embedded Morpho-MNIST (3,600 training digits, 2 CPU cores), training
-#: time and error on the 1,000 real test images (thickness MAE px, intensity MAE, digit accuracy):
-#: finetune at batch 64 (train.py's loaders) 127 s, 0.092, 3.32, 98.1%; at batch 250
-#: (evaluate.py's) 105-113 s, 0.134, 4.62, 96.4%. heldout at batch 250 89-103 s, 0.109, 4.45,
-#: 97.6%; at batch 64 117 s, 0.082, 3.40, 97.9%.
+#: Their training times and errors are in benchmarks/results/config-notes.md.
 ROLES: dict[str, dict[str, Any]] = {
     "finetune": {
         "arch": "conv",

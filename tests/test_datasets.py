@@ -70,6 +70,9 @@ def test_every_family_trains_and_intervenes_on_every_dataset(datasets, dataset, 
         cf = model.counterfactual(batch["x"], batch["pa"], do)
         assert cf.image.shape == (8, *dm.image_shape) and torch.isfinite(cf.image).all()
         assert torch.equal(cf.parents[name], do[name].to(cf.parents[name].dtype))
+    drawn = model.sample(4, **({"steps": 2} if family.endswith("diffae") else {}))
+    assert drawn.image.shape == (4, *dm.image_shape) and torch.isfinite(drawn.image).all()
+    assert set(drawn.parents) == set(dm.graph.names)
 
 
 def _tiny_evaluation(data_dir, run_dir, ckpt, *data_overrides):
