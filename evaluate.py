@@ -149,7 +149,8 @@ def _prepare(cfg: DictConfig) -> dict[str, Any]:
         seeds=list(cfg.seeds),
         composition_steps=cfg.composition_steps,
         reversibility_cycles=cfg.reversibility_cycles,
-        options=OmegaConf.to_container(cfg.options),
+        # the options set: null leaves an option at the model's default
+        options={k: v for k, v in OmegaConf.to_container(cfg.options).items() if v is not None},
         sampling=cfg.sampling,
     )
     for name in settings.interventions:  # unknown names fail now, not after predictor training

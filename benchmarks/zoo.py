@@ -3,7 +3,7 @@
     python benchmarks/zoo.py                    # vae, vae_cf, hvae, hvae_cf, flow, flow_cf + oracle
     python benchmarks/zoo.py --families vae flow --minutes 10 --seeds 3
     python benchmarks/zoo.py --families vae_cf  # trains vae first when its row is missing
-    python benchmarks/zoo.py --families diffae --eval-override +options.steps=5   # slow on CPU
+    python benchmarks/zoo.py --families diffae --eval-override options.steps=5   # slow on CPU
 
 For each family (and each training seed), `python train.py model=<family>` runs on embedded
 Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
@@ -63,7 +63,7 @@ from models import load_model  # noqa: E402
 
 #: Families that train at the CPU default in minutes and whose full suite takes minutes here.
 #: The diffusion autoencoders need ~1 UNet pass per DDIM step per counterfactual: add them with
-#: --families diffae causal_diffae (and a GPU, or --eval-override +options.steps=5).
+#: --families diffae causal_diffae (and a GPU, or --eval-override options.steps=5).
 DEFAULT_FAMILIES = ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
 #: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides),
 #: launched with ``model.cf_finetune.init_ckpt=<that checkpoint>``.

@@ -17,14 +17,15 @@ Options:
     data_dir=data         where the dataset cache lives (split inputs)
     data.KEY=VALUE        datamodule options if the model was trained on non-defaults (data.seed=1)
     batch_size=256
-    opt.NAME=VALUE        counterfactual options of the model family, e.g. opt.residual=false
+    options.NAME=VALUE    counterfactual options of the model family, e.g. options.residual=false
+                          (the same spelling as evaluate.py's)
 
 Writes one PNG per counterfactual, counterfactuals.csv (factual and counterfactual attributes)
 and grid.png (factual row above counterfactual row).
 
 Samples (the first two rungs of the ladder) instead of counterfactuals:
 
-    python -m models sample ckpt_path=PATH [num=16] [do.NAME=VALUE ...] [opt.NAME=VALUE ...]
+    python -m models sample ckpt_path=PATH [num=16] [do.NAME=VALUE ...] [options.NAME=VALUE ...]
 
 draws num images with attributes from the model's SCM (under do, when given; shift.NAME=DELTA
 shifts each drawn value) and writes sample-00000.png ..., samples.csv and grid.png.
@@ -105,7 +106,7 @@ def _interventions(cfg, required: bool = True) -> dict:
 #: The settings this command reads; a mistyped one is refused, not ignored.
 KEYS = {
     "ckpt_path", "split", "folder", "csv", "do", "shift", "num", "out_dir", "data_dir", "data",
-    "batch_size", "opt",
+    "batch_size", "options",
 }  # fmt: skip
 
 
@@ -120,6 +121,8 @@ def _settings(argv: list[str]):
     if bare:
         raise ValueError(f"'{bare[0]}' has no value: write KEY=VALUE (python -m models --help)")
     cfg = OmegaConf.from_dotlist(argv)
+    if "opt" in cfg:
+        raise ValueError("opt.NAME=VALUE is now options.NAME=VALUE, as evaluate.py spells it")
     unknown = sorted(set(cfg) - KEYS)
     if unknown:
         raise ValueError(
@@ -158,7 +161,7 @@ def sample_main(argv: list[str]) -> int:
     do = _interventions(cfg, required=False)
     out_dir = Path(cfg.get("out_dir") or f"outputs/samples/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = model.sample(int(cfg.get("num", 16)), do=do, **dict(cfg.get("opt") or {}))
+    drawn = model.sample(int(cfg.get("num", 16)), do=do, **dict(cfg.get("options") or {}))
     images, parents = drawn.image.cpu(), {k: v.cpu() for k, v in drawn.parents.items()}
     with (out_dir / "samples.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
@@ -194,7 +197,7 @@ def main(argv: list[str]) -> int:
     model = load_model(cfg.ckpt_path)
     x, pa, names = _inputs(cfg, model)
     do = _interventions(cfg)
-    options = dict(cfg.get("opt") or {})
+    options = dict(cfg.get("options") or {})
     out_dir = Path(
         cfg.get("out_dir") or f"outputs/counterfactuals/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     )

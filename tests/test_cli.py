@@ -218,6 +218,7 @@ def test_the_counterfactual_command_line_writes_one_file_per_input(trained, morp
         (["ckpt_path=x.ckpt", "num=0"], "num must be .* at least 1"),
         (["ckpt_path=x.ckpt", "num=abc"], "num must be"),
         (["ckpt_path=x.ckpt", "do.thickness"], "'do.thickness' has no value"),
+        (["ckpt_path=x.ckpt", "opt.residual=false"], "now options.NAME=VALUE"),
     ],
 )
 def test_the_counterfactual_command_line_refuses_settings_it_would_ignore(argv, message):

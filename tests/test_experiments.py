@@ -173,3 +173,14 @@ def test_a_model_config_repeats_its_python_defaults_exactly(option):
         assert _plain(value) == _plain(default), (
             f"{option}.yaml {key}: {value} vs {name}'s {default}"
         )
+
+
+def test_both_command_lines_spell_options_alike():
+    """``options.residual=false``, no ``+``, in evaluate.py as in ``python -m models``."""
+    from models.__main__ import _settings
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["options.residual=false", "options.steps=5"])
+    assert cfg.options.residual is False and cfg.options.steps == 5
+    assert cfg.options.temperature is None  # unset: the model's own default
+    assert _settings(["ckpt_path=x.ckpt", "options.residual=false"]).options.residual is False
