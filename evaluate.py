@@ -182,7 +182,7 @@ def _prepare(cfg: DictConfig) -> dict[str, Any]:
                 else judge_settings(role, **judge)
             ),
         },
-        "morphometry": "model-free measurement (datamodule.measure_attributes)",
+        "measured": "model-free measurement (datamodule.measure_attributes)",
         "finetuned_against": getattr(model, "trained_against", None),
     }
     vae = None

@@ -193,11 +193,14 @@ def metrics_of(report: dict) -> dict[str, float]:
         out[f"effectiveness do({name}), {HELDOUT}"] = stat(name, f"effectiveness/{name}")
     for name in names:
         out[f"floor {name}, {HELDOUT}"] = floor["predictor"].get(name, nan)
-    measured = [name for name in names if name in floor["morphometry"]]
+    # the model-free measurement's keys (``morphometry`` in reports from before the rename)
+    model_free = floor.get("measured", floor.get("morphometry", {}))
+    key = "measured" if "measured" in floor else "morphometry"
+    measured = [name for name in names if name in model_free]
     for name in measured:
-        out[f"effectiveness do({name}), {MORPHOMETRY}"] = stat(name, f"morphometry/{name}")
+        out[f"effectiveness do({name}), {MORPHOMETRY}"] = stat(name, f"{key}/{name}")
     for name in measured:
-        out[f"floor {name}, {MORPHOMETRY}"] = floor["morphometry"][name]
+        out[f"floor {name}, {MORPHOMETRY}"] = model_free[name]
     for name in names:
         truth = stat(name, "truth/l1")
         if not math.isnan(truth):  # the data have the truth of this intervention

@@ -158,11 +158,11 @@ def markdown(report: dict[str, Any]) -> str:
         for result in report["interventions"].values():
             if result:
                 row.append(
-                    _fmt(result.get(f"morphometry/{a}")) if f"morphometry/{a}" in result else "n/a"
+                    _fmt(result.get(f"measured/{a}")) if f"measured/{a}" in result else "n/a"
                 )
         lines.append("| " + " | ".join(row) + " |")
-    if floor["morphometry"]:
-        measured = ", ".join(f"{a} {v:.2f}" for a, v in floor["morphometry"].items())
+    if floor["measured"]:
+        measured = ", ".join(f"{a} {v:.2f}" for a, v in floor["measured"].items())
         lines += [
             "",
             f"Morphometric measurement of the real test images vs their attributes: {measured}.",
@@ -217,7 +217,7 @@ def judges_markdown(report: dict[str, Any]) -> list[str]:
         f"- Effectiveness and its floor: the {_judge_label(report)} (role "
         f"`{effectiveness['role']}`; {settings}), `{effectiveness['source']}`. It is also the "
         "feature space of FID and KID unless Inception weights were given.",
-        f"- Measured columns: {judges['morphometry']}.",
+        f"- Measured columns: {judges['measured']}.",
     ]
     if judges.get("minimality"):
         vae = judges["minimality"]

@@ -180,7 +180,7 @@ def floor(predictor, datamodule, shard: Shard = Shard()) -> dict[str, dict[str, 
         measured = datamodule.measure_attributes(batch["x"])
         for name, error in attribute_errors(measured, batch["pa"], predictor.graph).items():
             morph.add(name, error)
-    return {"predictor": sums.means(), "morphometry": morph.means()}
+    return {"predictor": sums.means(), "measured": morph.means()}
 
 
 def decoder_options(model, settings: SuiteSettings) -> dict[str, Any] | None:
@@ -232,7 +232,7 @@ def sampling_metrics(
     """The first rung: as many observational samples as test images, scored against the data.
 
     - ``fid``, ``kid``: realism of the samples against the real test images;
-    - ``effectiveness/<attr>``, ``morphometry/<attr>``: the judges' error on each sample against
+    - ``effectiveness/<attr>``, ``measured/<attr>``: the judges' error on each sample against
       the attributes it was drawn under (the mechanism's fidelity to them);
     - ``marginal/<attr>``: how far the judge's reading of the samples is from the test
       attributes' distribution (1-Wasserstein for continuous attributes, total variation for
@@ -260,7 +260,7 @@ def sampling_metrics(
             means.add(f"effectiveness/{attr}", error)
         measured = datamodule.measure_attributes(drawn.image)
         for attr, error in attribute_errors(measured, drawn.parents, model.graph).items():
-            means.add(f"morphometry/{attr}", error)
+            means.add(f"measured/{attr}", error)
         for attr in model.graph.names:
             lists.add(f"judged/{attr}", positions, judged[attr].cpu())
             lists.add(f"drawn/{attr}", positions, drawn.parents[attr].cpu())
@@ -342,7 +342,7 @@ def _run_seed(
                 sums.add(f"effectiveness/{attr}", error)
             measured = datamodule.measure_attributes(image)
             for attr, error in attribute_errors(measured, parents, model.graph).items():
-                sums.add(f"morphometry/{attr}", error)
+                sums.add(f"measured/{attr}", error)
             if has_truth:
                 truth, _ = datamodule.true_counterfactual(batch["index"], do)
                 truth = truth.to(image.device)

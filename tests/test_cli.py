@@ -319,7 +319,7 @@ def test_evaluate_end_to_end(trained, data_dir, tmp_path, monkeypatch):
         "kid",
         "effectiveness/thickness",
         "effectiveness/digit",
-        "morphometry/thickness",
+        "measured/thickness",
     ):
         assert len(thickness[key]["per_seed"]) == 2, key
     assert "truth/l1" not in saved["interventions"]["digit"]  # no ground truth for do(digit)
@@ -334,7 +334,7 @@ def test_evaluate_end_to_end(trained, data_dir, tmp_path, monkeypatch):
     assert judges["effectiveness"]["settings"]["widths"] == [8, 16]  # the config's override
     assert judges["effectiveness"]["source"] == saved["predictor"]
     assert judges["finetuned_against"].endswith("morphomnist-0123.ckpt")
-    assert "measure_attributes" in judges["morphometry"]
+    assert "measure_attributes" in judges["measured"]
     text = (tmp_path / "report.md").read_text()
     assert "Per intervention" in text and "decoder alone" in text
     assert "thickness MAE (held-out judge)" in text and "morphomnist-0123.ckpt" in text

@@ -97,7 +97,7 @@ def test_pendulum_train_then_evaluate_scores_against_the_truth(pendulum_dir, tmp
     for name in names:  # every intervention has a true counterfactual here
         result = report["interventions"][name]
         assert 0 < result["truth/l1"]["mean"] < 255
-        assert "morphometry/light" in result  # the scene's pixel measurement judges too
+        assert "measured/light" in result  # the scene's pixel measurement judges too
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["attribute_kinds"]["angle"] == "continuous"
 

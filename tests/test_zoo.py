@@ -90,7 +90,7 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     identity = results["models"]["identity"]["rows"][0]["metrics"]
     assert identity["CLD do(thickness)"] == pytest.approx(math.log(1 + math.e))
     assert set(results["floor"]["predictor"]) == set(ATTRIBUTES)
-    assert set(results["floor"]["morphometry"]) == set(MEASURED)
+    assert set(results["floor"]["measured"]) == set(MEASURED)
     assert results["judges"]["effectiveness"]["role"] == "heldout"
     text = markdown_path.read_text()
     for column in columns:
@@ -114,7 +114,7 @@ def fake_report(path: Path, thickness_error: float) -> dict:
     result = {
         "variables": ["thickness"],
         "effectiveness/thickness": stat,
-        "morphometry/thickness": {**stat, "mean": 2 * thickness_error},
+        "measured/thickness": {**stat, "mean": 2 * thickness_error},
         "truth/l1": stat,
         "reversibility/cycle1": stat,
         "fid": stat,
@@ -127,7 +127,7 @@ def fake_report(path: Path, thickness_error: float) -> dict:
         "attribute_kinds": {"thickness": "continuous", "intensity": "continuous", "digit": "x"},
         "floor": {
             "predictor": {"thickness": 0.1, "digit": 0.9},
-            "morphometry": {"thickness": 0.05},
+            "measured": {"thickness": 0.05},
         },
         "judges": {"effectiveness": {"role": "heldout", "source": "h.ckpt", "settings": {}}},
         "files": {"json": str(path)},

@@ -39,7 +39,7 @@ def test_oracle_is_the_floor(oracle_report):
     thickness = report["interventions"]["thickness"]
     # the oracle's counterfactuals are real images: the judge errs on them as on real test images
     assert thickness["effectiveness/thickness"]["mean"] < 1.5 * floor["thickness"] + 0.05
-    assert report["interventions"]["intensity"]["morphometry/intensity"]["mean"] < 1.5
+    assert report["interventions"]["intensity"]["measured/intensity"]["mean"] < 1.5
     assert report["interventions"]["digit"] is None  # no true counterfactual of another digit
     assert report["interventions"]["all"]["variables"] == ["thickness", "intensity"]
 
@@ -52,7 +52,7 @@ def test_identity_is_caught_by_effectiveness(morpho, tiny_predictor, oracle_repo
     assert (
         identity["effectiveness/intensity"]["mean"] > 2 * oracle["effectiveness/intensity"]["mean"]
     )
-    assert identity["morphometry/intensity"]["mean"] > 10 * oracle["morphometry/intensity"]["mean"]
+    assert identity["measured/intensity"]["mean"] > 10 * oracle["measured/intensity"]["mean"]
     assert identity["truth/l1"]["mean"] > 1.0
     digit = report["interventions"]["digit"]["effectiveness/digit"]["mean"]
     assert digit < 0.35  # mostly the factual class, which is wrong after do(digit)
