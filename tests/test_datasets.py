@@ -13,7 +13,7 @@ from datamodules import CelebADataModule, FolderDataModule, PendulumDataModule
 from datamodules.folder import write_image_folder
 from metrics.figures import visible_interventions
 from tests.fake_celeba import write_fake_celeba
-from tests.families import FAMILIES, fit_briefly
+from tests.families import FAMILIES, fit_briefly, sampler_of
 from tests.test_cli import compose_evaluate, compose_train
 
 
@@ -70,7 +70,8 @@ def test_every_family_trains_and_intervenes_on_every_dataset(datasets, dataset, 
         cf = model.counterfactual(batch["x"], batch["pa"], do)
         assert cf.image.shape == (8, *dm.image_shape) and torch.isfinite(cf.image).all()
         assert torch.equal(cf.parents[name], do[name].to(cf.parents[name].dtype))
-    drawn = model.sample(4, **({"steps": 2} if family.endswith("diffae") else {}))
+    sampler = sampler_of(family, model, dm)
+    drawn = sampler.sample(4, **({"steps": 2} if family.endswith("diffae") else {}))
     assert drawn.image.shape == (4, *dm.image_shape) and torch.isfinite(drawn.image).all()
     assert set(drawn.parents) == set(dm.graph.names)
 
