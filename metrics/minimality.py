@@ -192,6 +192,10 @@ class Minimality:
                 "ids": parts["ids"].long(),
                 "edges": {},
             }
+            # each sample id's row, so that a factual's posterior is read, not encoded again
+            ids = reference["ids"].cpu()
+            reference["row"] = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+            reference["row"][ids] = torch.arange(len(ids))
             for variable in self.graph.variables:
                 if variable.is_continuous:
                     levels = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)[1:-1]
@@ -211,7 +215,6 @@ class Minimality:
     @torch.inference_mode()
     def score(
         self,
-        x: Tensor,
         pa: Mapping[str, Tensor],
         counterfactual: Tensor,
         parents: Mapping[str, Tensor],
@@ -220,13 +223,21 @@ class Minimality:
     ) -> dict[str, Tensor]:
         """CLD, ``p_target`` and ``p_source`` of each counterfactual of a batch, ``(B,)`` each.
 
-        ``pa`` are the factual attributes, ``parents`` the counterfactual's and ``variables``
-        the intervened ones.
+        ``ids`` are the factuals' sample ids, all in the reference set (their posteriors are
+        read from it); ``pa`` are the factual attributes, ``parents`` the counterfactual's and
+        ``variables`` the intervened ones.
+
+        Raises:
+            ValueError: a factual that is not in the reference set.
         """
         reference = self._finish_reference()
-        mean, log_sd = self.vae.posterior(x.to(self.vae.device))
+        ids = ids.cpu().long()
+        rows = reference["row"][ids.clamp(max=len(reference["row"]) - 1)]
+        if (ids >= len(reference["row"])).any() or (rows < 0).any():
+            raise ValueError("every factual must be in the reference set (add_reference) first")
         mean_cf, log_sd_cf = self.vae.posterior(counterfactual.to(self.vae.device))
-        device = mean.device
+        device = mean_cf.device
+        mean, log_sd = reference["mean"][rows].to(device), reference["log_sd"][rows].to(device)
         div = gaussian_kl(mean_cf, log_sd_cf, mean, log_sd)
         reference_kl = gaussian_kl(
             reference["mean"].to(device)[None],

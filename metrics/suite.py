@@ -360,9 +360,7 @@ def _run_seed(
             for c, values in enumerate(cycles, start=1):
                 sums.add(f"reversibility/cycle{c}", values)
             if minimality is not None:
-                scores = minimality.score(
-                    batch["x"], batch["pa"], image, parents, variables, batch["index"]
-                )
+                scores = minimality.score(batch["pa"], image, parents, variables, batch["index"])
                 scored = ~scores["cld"].isnan()
                 sums.add("minimality/scored", scored.float())
                 for key, values in scores.items():

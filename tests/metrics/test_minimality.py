@@ -120,9 +120,7 @@ def _cld(model, datamodule, minimality: Minimality, name: str) -> float:
         do = {name: values[start : start + len(batch["x"])]}
         start += len(batch["x"])
         cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=batch["index"])
-        scores.append(
-            minimality.score(batch["x"], batch["pa"], cf.image, cf.parents, [name], batch["index"])
-        )
+        scores.append(minimality.score(batch["pa"], cf.image, cf.parents, [name], batch["index"]))
     cld = torch.cat([s["cld"] for s in scores])
     assert not cld.isnan().any()
     return float(cld.mean())
