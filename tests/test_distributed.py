@@ -15,6 +15,9 @@ import evaluate as evaluate_script
 import train as train_script
 from tests.test_cli import ROOT, TINY, compose_evaluate, compose_train
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compare_reports import numbers  # noqa: E402  (the benchmark's walk over a report)
+
 #: An odd number of test images: the two ranks score 16 and 15, so a metric averaged per rank,
 #: or one rank's mean reported as the whole split's, differs from the one-process figure.
 TEST_IMAGES = 31
@@ -48,13 +51,7 @@ def _script(name: str, *overrides: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _global_step(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
-
-
-@pytest.fixture(scope="module")
-def two_process_run(data_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("ddp_train")
+def _train_in_two_processes(data_dir: Path, run: Path, *overrides: str) -> None:
     _script(
         "train.py",
         "trainer=ddp_cpu",
@@ -62,7 +59,18 @@ def two_process_run(data_dir, tmp_path_factory) -> Path:
         *TINY,
         f"data.data_dir={data_dir}",
         f"hydra.run.dir={run}",
+        *overrides,
     )
+
+
+def _global_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(data_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ddp_train")
+    _train_in_two_processes(data_dir, run)
     return run
 
 
@@ -80,30 +88,10 @@ def test_a_one_process_checkpoint_resumes_in_two_processes(data_dir, tmp_path):
     first = train_script.train(compose_train(data_dir, tmp_path / "one"))
     assert first["global_step"] == 3
     run = tmp_path / "two"
-    _script(
-        "train.py",
-        "trainer=ddp_cpu",
-        "data.limit=200",
-        *TINY,
-        f"data.data_dir={data_dir}",
-        f"hydra.run.dir={run}",
-        f"ckpt_path={first['last_ckpt']}",
-        "trainer.max_epochs=2",
+    _train_in_two_processes(
+        data_dir, run, f"ckpt_path={first['last_ckpt']}", "trainer.max_epochs=2"
     )
     assert _global_step(run / "checkpoints" / "last.ckpt") == 6
-
-
-def _numbers(tree, path=""):
-    """Every number of a report, by its path (timings, config and file names left out)."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if key not in ("seconds", "config", "files", "processes"):
-                yield from _numbers(value, f"{path}/{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _numbers(value, f"{path}[{i}]")
-    elif isinstance(tree, int | float) and not isinstance(tree, bool):
-        yield path, float(tree)
 
 
 def test_two_processes_give_the_report_of_one(two_process_run, data_dir, tmp_path):
@@ -122,7 +110,7 @@ def test_two_processes_give_the_report_of_one(two_process_run, data_dir, tmp_pat
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["num_test"] == TEST_IMAGES
-    expected, got = dict(_numbers(one)), dict(_numbers(two))
+    expected, got = dict(numbers(one)), dict(numbers(two))
     assert expected.keys() == got.keys()
     assert any(key.endswith("minimality/cld/mean") for key in expected)
     assert "/sampling/fid/mean" in expected  # the samples, drawn block by block, agree too

@@ -16,6 +16,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAMILY_CLASSES = {"vae": "ConditionalVAE", "hvae": "HierarchicalVAE", "flow": "ConditionalFlow"}
 
 
+def _build_model(config, datamodule):
+    """A model config built as train.py builds it (a reference model from the data itself)."""
+    if "baselines" in config._target_:
+        return instantiate(config, datamodule=datamodule)
+    return instantiate(
+        config,
+        graph=datamodule.graph.to_dict(),
+        image_shape=list(datamodule.image_shape),
+        dataset=datamodule.name,
+        _convert_="all",
+    )
+
+
 @pytest.mark.parametrize("family", sorted(FAMILY_CLASSES))
 def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -27,13 +40,7 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
             ],
         )
     assert cfg.model._target_.endswith(FAMILY_CLASSES[family])
-    model = instantiate(
-        cfg.model,
-        graph=morpho.graph.to_dict(),
-        image_shape=list(morpho.image_shape),
-        dataset=morpho.name,
-        _convert_="all",
-    )
+    model = _build_model(cfg.model, morpho)
     assert type(model).__name__ == FAMILY_CLASSES[family]
     # the experiment's settings, not the Python defaults, reach the stage (one place for each)
     assert model.finetuning == FineTuning(
@@ -99,16 +106,7 @@ def test_every_config_option_composes_and_builds(group, option, morpho, tmp_path
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose(config, overrides=overrides)
     if group == "model" or group == "experiment":
-        if "baselines" in cfg.model._target_:
-            model = instantiate(cfg.model, datamodule=morpho)
-        else:
-            model = instantiate(
-                cfg.model,
-                graph=morpho.graph.to_dict(),
-                image_shape=list(morpho.image_shape),
-                dataset=morpho.name,
-                _convert_="all",
-            )
+        model = _build_model(cfg.model, morpho)
         assert type(model).__name__ == cfg.model._target_.rsplit(".", 1)[1]
     elif group == "trainer" and cfg.trainer.accelerator in ("cpu", "auto") and option != "auto":
         built = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)

@@ -8,14 +8,19 @@ from datamodules.base import CATEGORICAL, CONTINUOUS, CausalGraph, Variable
 from models.scm import AttributeSCM
 
 
-def test_gumbel_max_abduction_reproduces_the_observed_class():
-    graph = CausalGraph(
+def _categorical_child(num_classes: int) -> CausalGraph:
+    """``a -> b``: a continuous root and a categorical child of ``num_classes`` classes."""
+    return CausalGraph(
         (
             Variable("a", CONTINUOUS, support=(-10.0, 10.0)),
-            Variable("b", CATEGORICAL, parents=("a",), num_classes=5),
+            Variable("b", CATEGORICAL, parents=("a",), num_classes=num_classes),
         ),
         image_parents=("a", "b"),
     )
+
+
+def test_gumbel_max_abduction_reproduces_the_observed_class():
+    graph = _categorical_child(num_classes=5)
     torch.manual_seed(0)
     scm = AttributeSCM(graph, hidden=16, transforms=2)
     pa = {"a": torch.randn(2000), "b": torch.randint(0, 5, (2000,))}
@@ -32,13 +37,7 @@ def test_gumbel_max_counterfactuals_follow_their_closed_form():
     difference of two Gumbels ``G`` is logistic, and the counterfactual under new logits is 1 when
     ``G > d'``. So ``P(cf = 1 | observed 0) = max(0, sigmoid(d) - sigmoid(d')) / sigmoid(d)``
     (Oberst & Sontag, ICML 2019)."""
-    graph = CausalGraph(
-        (
-            Variable("a", CONTINUOUS, support=(-10.0, 10.0)),
-            Variable("b", CATEGORICAL, parents=("a",), num_classes=2),
-        ),
-        image_parents=("a", "b"),
-    )
+    graph = _categorical_child(num_classes=2)
     torch.manual_seed(0)
     scm = AttributeSCM(graph, hidden=16, transforms=2)
     n = 40_000
