@@ -18,7 +18,6 @@ runs before the processes start, so only the first one trains what is not cached
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,9 @@ from metrics.rng import seeded
 from metrics.suite import Shard, SuiteSettings, intervention_variables, run_suite
 from models.base import CounterfactualModel
 from models.config_types import check_override_types
-from models.loading import load_model
+from models.loading import file_sha256, load_model
 
 log = logging.getLogger("cfzoo.evaluate")
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_model(cfg: DictConfig, datamodule) -> CounterfactualModel:
@@ -241,7 +232,7 @@ def _score(fabric: Fabric, cfg: DictConfig, output_dir: Path, parts: dict[str, A
         model=type(model).__name__,
         dataset=datamodule.name,
         checkpoint=cfg.get("ckpt_path"),
-        checkpoint_sha256=_sha256(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
+        checkpoint_sha256=file_sha256(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         predictor=parts["predictor_source"],
         judges=judges,
         attribute_kinds={v.name: v.kind for v in datamodule.graph.variables},

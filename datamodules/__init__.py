@@ -30,6 +30,47 @@ ANALYTIC_MECHANISMS = {
     PendulumDataModule.name: _PENDULUM_LAWS,
 }
 
+
+
+def datamodule_for(model, data_dir: str = "data", overrides=None):
+    """The dataset a checkpoint's ``model`` was trained on, rebuilt and set up.
+
+    Args:
+        model: a loaded model (its ``dataset_name``, attributes and image shape are checked).
+        data_dir: where the dataset cache lives.
+        overrides: datamodule options the model was trained with, if not the defaults
+            (``{"seed": 1}``, ``{"graph": "complex"}``).
+
+    Raises:
+        ValueError: no datamodule for the dataset here, options it does not take, or data whose
+            attributes or image shape differ from the model's.
+    """
+    overrides = dict(overrides or {})
+    if model.dataset_name not in DATAMODULES:
+        raise ValueError(
+            f"the checkpoint's dataset '{model.dataset_name}' has no datamodule here; "
+            "pass folder=DIR csv=FILE instead"
+        )
+    try:
+        datamodule = DATAMODULES[model.dataset_name](data_dir=data_dir, **overrides)
+    except TypeError as error:  # e.g. a folder dataset without data.root
+        raise ValueError(
+            f"cannot build the '{model.dataset_name}' data from data.*={overrides}: {error}"
+        ) from error
+    datamodule.setup()
+    if (datamodule.graph.names, tuple(datamodule.image_shape)) != (
+        model.graph.names,
+        tuple(model.image_shape),
+    ):
+        raise ValueError(
+            f"the checkpoint models {model.graph.names} on {tuple(model.image_shape)} images, but "
+            f"the data built with data.*={overrides} have {datamodule.graph.names} on "
+            f"{tuple(datamodule.image_shape)}: pass the data options the model was trained with "
+            "(e.g. data.graph=complex, data.image_size=64)"
+        )
+    return datamodule
+
+
 __all__ = [
     "ANALYTIC_MECHANISMS",
     "CATEGORICAL",
@@ -43,4 +84,5 @@ __all__ = [
     "MorphoMNISTDataModule",
     "PendulumDataModule",
     "Variable",
+    "datamodule_for",
 ]

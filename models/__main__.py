@@ -29,6 +29,11 @@ Samples (the first two rungs of the ladder) instead of counterfactuals:
 
 draws num images with attributes from the model's SCM (under do, when given; shift.NAME=DELTA
 shifts each drawn value) and writes sample-00000.png ..., samples.csv and grid.png.
+
+The explorer, a local web page to intervene on one image with sliders and see every loaded
+model's counterfactual beside the true one (python -m models explore --help):
+
+    python -m models explore ckpt_path=PATH [ckpt_path=PATH ...] [report=REPORT.json ...]
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.utils import save_image
 
-from datamodules import DATAMODULES
+from datamodules import datamodule_for
 from datamodules.base import evenly_spaced
 from datamodules.folder import load_image_folder
 from metrics.figures import save_grid
@@ -54,31 +59,8 @@ def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str
         if not cfg.get("csv"):
             raise ValueError("folder=DIR needs csv=FILE with a 'file' column and the attributes")
         return load_image_folder(cfg.folder, cfg.csv, model.graph, model.image_shape)
-    if model.dataset_name not in DATAMODULES:
-        raise ValueError(
-            f"the checkpoint's dataset '{model.dataset_name}' has no datamodule here; "
-            "pass folder=DIR csv=FILE instead"
-        )
     overrides = OmegaConf.to_container(cfg.get("data") or OmegaConf.create({}))
-    try:
-        datamodule = DATAMODULES[model.dataset_name](
-            data_dir=cfg.get("data_dir", "data"), **overrides
-        )
-    except TypeError as error:  # e.g. a folder dataset without data.root
-        raise ValueError(
-            f"cannot build the '{model.dataset_name}' data from data.*={overrides}: {error}"
-        ) from error
-    datamodule.setup()
-    if (datamodule.graph.names, tuple(datamodule.image_shape)) != (
-        model.graph.names,
-        tuple(model.image_shape),
-    ):
-        raise ValueError(
-            f"the checkpoint models {model.graph.names} on {tuple(model.image_shape)} images, but "
-            f"the data built with data.*={overrides} have {datamodule.graph.names} on "
-            f"{tuple(datamodule.image_shape)}: pass the data options the model was trained with "
-            "(e.g. data.graph=complex, data.image_size=64)"
-        )
+    datamodule = datamodule_for(model, cfg.get("data_dir", "data"), overrides)
     split = cfg.get("split", "test")
     dataset = {
         "train": datamodule.train_set,
@@ -191,6 +173,10 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[0] == "sample":
         return sample_main(argv[1:])
+    if argv[0] == "explore":
+        from models.explore import main as explore_main
+
+        return explore_main(argv[1:])
     cfg = _settings(argv)
     if not cfg.get("ckpt_path"):
         raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -86,3 +87,12 @@ def load_model(
             "load it with the cfzoo version that wrote it."
         ) from error
     return model.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (reports name the checkpoint they scored by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -57,3 +57,17 @@ def held_out_judge(morpho):
         features=24,
     )
     return predictor
+
+
+@pytest.fixture(scope="session")
+def tiny_explorer(morpho, tiny_predictor):
+    """The explorer on briefly trained tiny models of the three fast families, a tiny judge."""
+    from models.explore import Explorer
+    from tests.families import FAMILIES, fit_briefly
+
+    torch.manual_seed(0)
+    models = {name: FAMILIES[name][0](morpho) for name in ("vae", "hvae", "flow")}
+    for model in models.values():
+        model.log_dict = lambda *args, **kwargs: None
+        fit_briefly(model, morpho, steps=30)
+    return Explorer(models, morpho, judges={"judge": tiny_predictor})
