@@ -31,7 +31,6 @@ ANALYTIC_MECHANISMS = {
 }
 
 
-
 def datamodule_for(model, data_dir: str = "data", overrides=None):
     """The dataset a checkpoint's ``model`` was trained on, rebuilt and set up.
 
