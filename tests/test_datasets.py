@@ -61,11 +61,14 @@ def test_every_family_trains_and_intervenes_on_every_dataset(datasets, dataset, 
     build, bound = FAMILIES[family]
     model = build(dm)
     model.log_dict = lambda *args, **kwargs: None
-    fit_briefly(model, dm, steps=3)
+    # DIFFAE_NULL_BOUND was measured after fit_briefly's 15 steps: DDIM inversion of a model
+    # nearer its initialisation is far off (3 steps: about 1.0). The other families abduct exactly.
+    fit_briefly(model, dm, steps=15 if family.endswith("diffae") else 3)
     batch = dm.test_set.batch(range(8))
     null = model.counterfactual(batch["x"], batch["pa"], {})
     assert null.image.shape == (8, *dm.image_shape)
-    assert (null.image - batch["x"]).abs().max() <= max(bound, 1e-4) or family.endswith("diffae")
+    null_error = (null.image - batch["x"]).abs().max()
+    assert null_error <= max(bound, 1e-4), f"null intervention off by {null_error:.3g}"
     for name, do in visible_interventions(batch["pa"], dm.graph).items():
         cf = model.counterfactual(batch["x"], batch["pa"], do)
         assert cf.image.shape == (8, *dm.image_shape) and torch.isfinite(cf.image).all()
@@ -95,9 +98,14 @@ def test_pendulum_train_then_evaluate_scores_against_the_truth(pendulum_dir, tmp
     assert report["dataset"] == "pendulum"
     names = ("angle", "light", "shadow_length", "shadow_position", "all")
     assert tuple(report["interventions"]) == names
+    oracle = evaluate_script.evaluate(
+        compose_evaluate(pendulum_dir, tmp_path / "oracle", "model=oracle", "seeds=[0]", *data)
+    )
     for name in names:  # every intervention has a true counterfactual here
         result = report["interventions"][name]
-        assert 0 < result["truth/l1"]["mean"] < 255
+        # the truth scored against itself is exact, so the model's error is the model's alone
+        assert oracle["interventions"][name]["truth/l1"]["mean"] < 1e-4
+        assert result["truth/l1"]["mean"] > 0.1
         assert "measured/light" in result  # the scene's pixel measurement judges too
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["attribute_kinds"]["angle"] == "continuous"
@@ -123,7 +131,10 @@ def test_celeba_train_then_evaluate(celeba_dir, tmp_path):
     for name in ("Young", "Male", "No_Beard", "Bald"):
         result = report["interventions"][name]
         assert "truth/l1" not in result
-        assert 0 <= result[f"effectiveness/{name}"]["mean"] <= 1  # an error rate
+        # an accuracy over the test images: a whole number of correct judgements per seed
+        for accuracy in result[f"effectiveness/{name}"]["per_seed"]:
+            correct = accuracy * report["num_test"]
+            assert correct == pytest.approx(round(correct), abs=1e-6), accuracy
 
 
 def test_each_celeba_graph_gets_its_own_cached_predictor(celeba_dir):
