@@ -92,15 +92,15 @@ class LatentLevel(nn.Module):
         )
         return mean, log_sd.clamp(*LOG_SD_RANGE), update
 
-    def posterior_of(self, h: Tensor, act: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_sd = self.posterior(torch.cat([h, act, pa_map], 1)).chunk(2, 1)
+    def posterior_of(self, h: Tensor, features: Tensor, pa_map: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_sd = self.posterior(torch.cat([h, features, pa_map], 1)).chunk(2, 1)
         return mean, log_sd.clamp(*LOG_SD_RANGE)
 
     def forward(
         self,
         h: Tensor,
         pa_vector: Tensor,
-        act: Tensor | None,
+        features: Tensor | None,
         mode: str,
         noise: Tensor | None = None,
         temperature: float = 1.0,
@@ -113,7 +113,7 @@ class LatentLevel(nn.Module):
             z = p_mean + p_log_sd.exp() * noise
             out = z
         else:
-            q_mean, q_log_sd = self.posterior_of(h, act, pa_map)
+            q_mean, q_log_sd = self.posterior_of(h, features, pa_map)
             scale = 1.0 if mode == "train" else temperature
             z = q_mean + scale * q_log_sd.exp() * torch.randn_like(q_mean) if scale else q_mean
             if mode == "train":
@@ -302,21 +302,21 @@ class HVAEMechanism(ImageMechanism):
         return resolutions
 
     def encode(self, y: Tensor) -> dict[int, Tensor]:
-        acts, h = {}, self.stem(F.pixel_unshuffle(y, self.patch))
+        encoded, h = {}, self.stem(F.pixel_unshuffle(y, self.patch))
         for r, coarser in zip(self.resolutions, self.resolutions[1:] + [None]):
             h = self.encoder[str(r)](h)
-            acts[r] = h
+            encoded[r] = h
             if coarser is not None:
                 h = F.avg_pool2d(h, r // coarser)
                 if str(r) in self.encoder_proj:
                     h = self.encoder_proj[str(r)](h)
-        return acts
+        return encoded
 
     def top_down(
         self,
         pa_vector: Tensor,
         mode: str,
-        acts: dict[int, Tensor] | None = None,
+        encoded: dict[int, Tensor] | None = None,
         noise: Sequence[Tensor] | None = None,
         temperature: float = 1.0,
     ) -> tuple[DiscretizedGaussian, list[Tensor]]:
@@ -325,8 +325,8 @@ class HVAEMechanism(ImageMechanism):
         for r in reversed(self.resolutions):
             for level in self.decoder[str(r)]:
                 given = noise[len(outputs)] if noise is not None else None
-                act = acts[r] if acts is not None else None
-                h, out = level(h, pa_vector, act, mode, given, temperature)
+                features = encoded[r] if encoded is not None else None
+                h, out = level(h, pa_vector, features, mode, given, temperature)
                 outputs.append(out)
             if str(r) in self.refine:
                 h = self.refine[str(r)](h)
@@ -341,7 +341,7 @@ class HVAEMechanism(ImageMechanism):
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO in nats per dimension, and its parts."""
         y = to_signed(x)
-        likelihood, kls = self.top_down(self.parents(pa), "train", acts=self.encode(y))
+        likelihood, kls = self.top_down(self.parents(pa), "train", encoded=self.encode(y))
         nll = -likelihood.log_prob(y).flatten(1).sum(1)
         kl = torch.stack(kls).sum(0)
         dims = x[0].numel()
@@ -353,7 +353,9 @@ class HVAEMechanism(ImageMechanism):
     ) -> HVAENoise:
         y = to_signed(x)
         context = self.parents(pa)
-        _, levels = self.top_down(context, "abduct", acts=self.encode(y), temperature=temperature)
+        _, levels = self.top_down(
+            context, "abduct", encoded=self.encode(y), temperature=temperature
+        )
         if not residual:
             return HVAENoise(levels)
         # the residual about the image the abducted noise decodes to under the same attributes

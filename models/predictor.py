@@ -9,7 +9,7 @@ Two trunks, so that the judge a model is fine-tuned against and the judge that s
 differ in architecture, not only in their weights (see ``metrics/judges.py``):
 
 - ``arch="conv"``: stride-2 convolutions and a flattened linear read-out (:class:`ConvEncoder`);
-- ``arch="resnet"``: a residual CNN with global average pooling (:class:`ResidualEncoder`).
+- ``arch="resnet"``: a ResNet (skip-connected CNN) with global average pooling (:class:`ResNetEncoder`).
 
     python train.py model=predictor        # or let evaluate.py train and cache one
 """
@@ -29,7 +29,7 @@ from models.base import CHECKPOINT_CLASS_KEY, stamp_checkpoint
 from models.nn.convnets import ConvEncoder, _group_norm
 from models.nn.likelihoods import to_signed
 
-__all__ = ["ARCHITECTURES", "AUGMENTATIONS", "AttributePredictor", "ResidualEncoder"]
+__all__ = ["ARCHITECTURES", "AUGMENTATIONS", "AttributePredictor", "ResNetEncoder"]
 
 ARCHITECTURES = ("conv", "resnet")
 AUGMENTATIONS = ("none", "shift", "affine")
@@ -42,7 +42,7 @@ MAX_ROTATION = 5.0
 MAX_TRANSLATION = 3
 
 
-class _ResidualBlock(nn.Module):
+class _ResNetBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.net = nn.Sequential(
@@ -58,7 +58,7 @@ class _ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
-class ResidualEncoder(nn.Module):
+class ResNetEncoder(nn.Module):
     """``(B, C, H, W)`` -> ``(B, out_features)``: a small residual CNN (He et al., CVPR 2016).
 
     A 4x4 stride-2 stem, then per width a pre-activation residual block (each width after the
@@ -87,7 +87,7 @@ class ResidualEncoder(nn.Module):
         for stage, width in enumerate(widths):
             if stage:
                 layers.append(nn.Conv2d(previous, width, 3, stride=2, padding=1))
-            layers.append(_ResidualBlock(width))
+            layers.append(_ResNetBlock(width))
             previous = width
         side = image_size // 2 ** len(widths)
         layers += [
@@ -126,7 +126,7 @@ class AttributePredictor(pl.LightningModule):
             image rotated by up to 5 degrees and moved by up to 3 pixels; ``"none"`` (or
             ``False``).
         arch: the trunk, ``"conv"`` (:class:`ConvEncoder`) or ``"resnet"``
-            (:class:`ResidualEncoder`).
+            (:class:`ResNetEncoder`).
 
     Example:
         >>> predictor = AttributePredictor(datamodule.graph.to_dict(), datamodule.image_shape)
@@ -153,7 +153,7 @@ class AttributePredictor(pl.LightningModule):
         if arch == "conv":
             encoder: nn.Module = ConvEncoder(channels, widths, size, features)
         elif arch == "resnet":
-            encoder = ResidualEncoder(channels, widths, size, features)
+            encoder = ResNetEncoder(channels, widths, size, features)
         else:
             raise ValueError(f"unknown predictor arch {arch!r}; choose one of {ARCHITECTURES}")
         self.trunk = nn.Sequential(encoder, nn.SiLU(), nn.Dropout(0.1))

@@ -303,3 +303,15 @@ def test_the_page_builds(explorer):
     assert isinstance(blocks, gradio.Blocks)
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
     assert {"do-thickness", "do-intensity", "do-digit", "cf-0", "cf-2", "truth-image"} <= ids
+
+
+def test_explore_help_and_missing_checkpoint(capsys, tmp_path):
+    from models.__main__ import main as models_main
+
+    assert models_main(["explore", "--help"]) == 0
+    usage = capsys.readouterr().out
+    assert "python -m models explore ckpt_path=" in usage and "offline" in usage
+    models_main(["--help"])
+    assert "python -m models explore" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no checkpoint loaded:\n.*missing.ckpt"):
+        models_main(["explore", f"ckpt_path={tmp_path / 'missing.ckpt'}"])

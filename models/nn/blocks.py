@@ -1,4 +1,4 @@
-"""Residual convolution blocks of the VDVAE kind (Child, ICLR 2021)."""
+"""Skip-connected convolution blocks of the VDVAE kind (Child, ICLR 2021)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def test_abduction_returns_every_level_and_null_prediction_is_exact(
     with torch.no_grad():
         net = model.mechanism
         y = x * 2 - 1
-        _, latents = net.top_down(net.parents(pa), "abduct", acts=net.encode(y), temperature=0.0)
+        _, latents = net.top_down(net.parents(pa), "abduct", encoded=net.encode(y), temperature=0.0)
         expected, _ = net.top_down(net.parents(pa), "predict", noise=latents)
     cf = model.counterfactual(x, pa, {}, residual=False)
     assert torch.allclose(cf.image, (expected.expected + 1) / 2, atol=1e-5)
