@@ -55,12 +55,14 @@ class Query:
         index: the dataset id of a test image (its true counterfactuals can be rendered), or
             ``None`` for an uploaded one.
         label: where it came from, for captions and exports.
+        measured: what the judges read off ``x`` (filled by the first answer).
     """
 
     x: Tensor
     pa: dict[str, Tensor]
     index: Tensor | None
     label: str
+    measured: dict[str, dict[str, float]] | None = None
 
 
 @dataclass
@@ -395,11 +397,13 @@ class Explorer:
                     seconds=time.perf_counter() - start,
                 )
             )
-        images = [query.x.cpu()] + [a.counterfactual.image.cpu() for a in answers]
+        if query.measured is None:  # the factual's readings: once per query
+            query.measured = self._read(query.x.cpu())[0]
+        images = [a.counterfactual.image.cpu() for a in answers]
         if truth is not None:
             images.append(truth.cpu())
         read = self._read(torch.cat(images))
-        for answer, measured in zip(answers, read[1:]):
+        for answer, measured in zip(answers, read):
             answer.measured = measured
         return Answer(
             query=query,
@@ -408,7 +412,7 @@ class Explorer:
             truth=truth,
             truth_parents=truth_parents,
             truth_note=note,
-            factual_measured=read[0],
+            factual_measured=query.measured,
             truth_measured=read[-1] if truth is not None else {},
         )
 

@@ -45,21 +45,20 @@ def _gradio():
 def _attributes_markdown(
     rows: dict[str, dict[str, float | None]], how: dict[str, str] | None = None
 ) -> str:
-    """A small table: a column per attribute, a row per source (intended, judge, measured)."""
-    names = list(next(iter(rows.values()))) if rows else []
+    """A small table: a row per attribute (marked ``do`` or ``recomputed`` when the intervention
+    changed it), a column per source (intended, or factual, then each judge)."""
+    sources = list(rows)
+    names = list(rows[sources[0]]) if sources else []
     if not names:
         return ""
-    header = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
-    lines = [header]
-    for source, values in rows.items():
+    lines = ["| | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    for name in names:
+        label = name if not how or how.get(name) == "kept" else f"{name} ({how[name]})"
         cells = []
-        for name in names:
-            value = values.get(name)
-            text = "-" if value is None else f"{value:.3g}"
-            if how and source == "intended" and how.get(name) != "kept":
-                text += f" ({how[name]})"
-            cells.append(text)
-        lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        for source in sources:
+            value = rows[source].get(name)
+            cells.append("-" if value is None else f"{value:.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
