@@ -33,7 +33,7 @@ def measure(
 ) -> list[float]:
     """Seconds from each slider move to the changed counterfactual on the page."""
     app, url = launch(explorer, port=free_port(), block=False)
-    page = Page(url)
+    page = Page(url, height=1300)
     try:
         page.set_slider("test-image", 5)
         page.wait_for(lambda: "test image 5" in page.text("do-label"), "test image 5")

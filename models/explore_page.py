@@ -318,14 +318,22 @@ def build_app(explorer: Explorer):
                 with gr.Row(equal_height=False):
                     with gr.Column(min_width=200):
                         factual_image = shown("factual", "factual-image")
-                        factual_text = gr.Markdown(elem_id="factual-attributes")
+                        factual_text = gr.Markdown(
+                            elem_id="factual-attributes", elem_classes=["attributes"]
+                        )
                         truth_image = shown("true counterfactual", "truth-image")
-                        truth_text = gr.Markdown(elem_id="truth-attributes")
+                        truth_text = gr.Markdown(
+                            elem_id="truth-attributes", elem_classes=["attributes"]
+                        )
                     cf_images, diff_images, cf_texts = [], [], []
                     for i, name in enumerate(explorer.models):
                         with gr.Column(min_width=200):
                             cf_images.append(shown(f"{name}: counterfactual", f"cf-{i}"))
-                            cf_texts.append(gr.Markdown(elem_id=f"cf-attributes-{i}"))
+                            cf_texts.append(
+                                gr.Markdown(
+                                    elem_id=f"cf-attributes-{i}", elem_classes=["attributes"]
+                                )
+                            )
                             diff_images.append(
                                 shown(f"{name}: change (red brighter, blue darker)", f"diff-{i}")
                             )
@@ -396,6 +404,13 @@ def _frame(rows: list[dict]):
     return pd.DataFrame([{k: _round(v) for k, v in row.items()} for row in rows])
 
 
+#: The attribute tables sit under 200-pixel images: small type, tight cells.
+CSS = """
+.attributes table { font-size: 0.75em; }
+.attributes th, .attributes td { padding: 2px 5px !important; }
+"""
+
+
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Serve the page on ``host:port`` (offline: no share link, no server-side rendering, no MCP).
 
@@ -413,6 +428,7 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, block:
         quiet=True,
         footer_links=[],
         inbrowser=False,
+        css=CSS,
     )
     print(f"cfzoo explorer running at {url} (Ctrl+C stops it)", flush=True)
     if block:
