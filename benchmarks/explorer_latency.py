@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if MISSING:
         sys.exit(MISSING)
+    commit = git_commit()  # before this run rewrites its own tracked outputs
     named = dict(item.split("=", 1) for item in args.checkpoints)
     pages = [[name] for name in named] + ([list(named)] if len(named) > 1 else [])
     rows = []
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [
         "# The explorer page: seconds from a slider move to the updated counterfactual",
         "",
-        f"Command: `{command}`, at commit {git_commit()}. Headless chromium on this machine; each "
+        f"Command: `{command}`, at commit {commit}. Headless chromium on this machine; each "
         f"page moves the thickness slider {args.moves} times and waits until the first model's "
         "counterfactual image has changed in the browser (the server computes every model's "
         "counterfactual, the true one, and both judges' readings of each before it answers).",
