@@ -261,6 +261,19 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def metric_rows(models: dict, keys) -> list[str]:
+    """A markdown table with a row per metric in ``keys`` and a column per model."""
+    names = list(models)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        cells = [
+            _cell(models[n]["summary"][key], key) if key in models[n]["summary"] else "n/a"
+            for n in names
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict, settings: dict) -> str:
     models = results["models"]
     names = list(models)
@@ -270,15 +283,8 @@ def markdown(results: dict, settings: dict) -> str:
         "",
         f"Command: `{settings['command']}`",
         "",
-        "| metric | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        *metric_rows(models, keys),
     ]
-    for key in keys:
-        cells = [
-            _cell(models[n]["summary"][key], key) if key in models[n]["summary"] else "n/a"
-            for n in names
-        ]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", notes(results, settings, models), ""]
     lines += [
         "| model | seeds | commit | config |",
@@ -320,21 +326,11 @@ def readme_table(results: dict, source: Path) -> str:
     """The README's zoo table: :data:`README_ROWS` of one results file, naming it and its
     commits."""
     models = results["models"]
-    names = list(models)
     settings = results["settings"]
     commits = sorted({r["commit"][:12] for entry in models.values() for r in entry["rows"]})
     seeds = sorted({len(entry["rows"]) for n, entry in models.items() if n not in REFERENCES})
     lines = [
-        "| metric | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for key in README_ROWS:
-        cells = [
-            _cell(models[n]["summary"][key], key) if key in models[n]["summary"] else "n/a"
-            for n in names
-        ]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += [
+        *metric_rows(models, README_ROWS),
         "",
         f"From `{source.as_posix()}` (every row at commit {', '.join(f'`{c}`' for c in commits)}; "
         f"{settings['minutes']:g} min of training per model on this 2-core CPU, "

@@ -57,10 +57,7 @@ def datamodule_for(model, data_dir: str = "data", overrides=None):
             f"cannot build the '{model.dataset_name}' data from data.*={overrides}: {error}"
         ) from error
     datamodule.setup()
-    if (datamodule.graph.names, tuple(datamodule.image_shape)) != (
-        model.graph.names,
-        tuple(model.image_shape),
-    ):
+    if not datamodule.fits(model):
         raise ValueError(
             f"the checkpoint models {model.graph.names} on {tuple(model.image_shape)} images, but "
             f"the data built with data.*={overrides} have {datamodule.graph.names} on "

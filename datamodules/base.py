@@ -384,6 +384,18 @@ class CounterfactualDataModule(pl.LightningDataModule):
             f"{type(self).__name__} has no ground-truth counterfactuals (its data are not synthetic)"
         )
 
+    @property
+    def has_measurement(self) -> bool:
+        """Whether :meth:`measure_attributes` measures anything (a model-free judge)."""
+        return type(self).measure_attributes is not CounterfactualDataModule.measure_attributes
+
+    def fits(self, model) -> bool:
+        """Whether ``model`` models these data's attributes on images of their shape."""
+        return (model.graph.names, tuple(model.image_shape)) == (
+            self.graph.names,
+            tuple(self.image_shape),
+        )
+
     #: Variables whose interventions :meth:`true_counterfactual` can render (synthetic data).
     ground_truth_variables: tuple[str, ...] = ()
 

@@ -242,10 +242,7 @@ class Explorer:
         self.models = dict(models)
         self.datamodule = datamodule
         for name, model in self.models.items():
-            if (model.graph.names, tuple(model.image_shape)) != (
-                datamodule.graph.names,
-                tuple(datamodule.image_shape),
-            ):
+            if not datamodule.fits(model):
                 raise ValueError(
                     f"model '{name}' models {model.graph.names} on {tuple(model.image_shape)} "
                     f"images, but the data have {datamodule.graph.names} on "
@@ -255,7 +252,7 @@ class Explorer:
         self.reports = dict(reports or {})
         self.report_paths = {k: Path(v) for k, v in (report_paths or {}).items()}
         self.problems = list(problems)
-        self.measures = bool(self.measure(datamodule.test_set.batch([0])["x"]))
+        self.measures = datamodule.has_measurement
 
     @property
     def graph(self) -> CausalGraph:
@@ -546,7 +543,8 @@ class Explorer:
             name = _model_name(Path(path), models)
             try:
                 models[name] = load_model(path)
-                digests[file_sha256(path)] = name
+                if reports:  # reports name the checkpoint they scored by its SHA-256
+                    digests[file_sha256(path)] = name
             except (ValueError, FileNotFoundError) as error:
                 problems.append(f"could not load {path}: {error}")
         if not models:
