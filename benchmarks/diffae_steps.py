@@ -1,9 +1,10 @@
 """Speed and fidelity of a diffusion autoencoder against its number of DDIM steps.
 
-For each number of DDIM steps (and of fixed-point refinements per inversion step), on the first
---images test images of embedded Morpho-MNIST:
+For each number of DDIM steps (and of fixed-point refinements per inversion step), on
+--images evenly spaced test images of embedded Morpho-MNIST:
   - the null intervention's L1 (0-255 scale): invert then sample under the factual attributes;
   - the L1 against the true counterfactual of do(thickness = t + 1) (0-255 scale);
+  - for the latent design, both again with the residual off: what the decoder does alone;
   - counterfactuals per second at batch --images for do(thickness = t + 1) (median of --repeats).
 With --guidance, a second table gives the classifier-free guidance trade-off at --guidance-steps
 steps: for each scale, the null intervention's L1 (composition), the L1 against the truth and the
@@ -111,6 +112,10 @@ def main() -> None:
         "| counterfactuals/s |",
         "|---|---|---|---|---|",
     ]
+    alone = "residual" in model.options  # the latent design: the decoder alone too
+    if alone:
+        lines[-2] += " null L1, decoder alone | L1 vs truth, decoder alone |"
+        lines[-1] += "---|---|"
     for steps in args.steps:
         for refinements in iters:
             r = measure(model, datamodule, batch, steps, refinements, args.repeats)
@@ -118,6 +123,9 @@ def main() -> None:
                 f"| {steps} | {refinements} | {r['null']:.2f} | {r['truth']:.2f} | "
                 f"{r['cf/s']:.1f} |"
             )
+            if alone:
+                r = measure(model, datamodule, batch, steps, refinements, 1, residual=False)
+                lines[-1] += f" {r['null']:.2f} | {r['truth']:.2f} |"
             print(lines[-1], file=sys.stderr, flush=True)
     if args.guidance:
         lines += [

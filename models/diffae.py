@@ -6,9 +6,19 @@ semantic encoder plus the DDIM-inverted "stochastic code"), Diff-SCM (Sanchez & 
 under the counterfactual ones, with guidance) and CausalDiffAE (Komanduri, Zhao, Chen & Wu,
 ICASSP 2024: a causally structured semantic latent).
 
+Latent design (the default; ``autoencoder=None`` keeps the diffusion over the pixels). As in
+latent diffusion (Rombach et al., CVPR 2022), a compact autoencoder
+(:class:`~models.nn.autoencoder.LatentAutoencoder`) maps a 32 x 32 image to an 8 x 8 x 4 latent
+``h``, and everything below runs over ``h`` instead of the pixels: the semantic encoder, the
+UNet, the inversion and the sampling, each network call 16 times fewer positions. The first
+stage trains with the diffusion (its reconstruction likelihood is part of the loss; the diffusion
+sees ``h`` detached). The pixel residual about its decoder is part of the image's noise, faded as
+the VAEs fade theirs (option ``residual``; off: the decoder alone).
+
 Networks (``self.net``, averaged by the EMA):
 
-- ``encoder``: a :class:`~models.nn.convnets.ConvEncoder`, ``x -> z`` (the semantic latent);
+- ``autoencoder`` (latent design): ``x -> h`` and ``h -> p(x | h)``;
+- ``encoder``: a :class:`~models.nn.convnets.ConvEncoder`, ``h -> z`` (the semantic latent);
 - ``context``: a small MLP of ``[semantic latent, attribute part, drop flag]`` into the UNet's
   time-embedding space. It reaches every residual block of a diffusers ``UNet2DModel``
   (``class_embed_type="identity"``: added to the time embedding, then ``scale_shift``: an adaptive
@@ -17,13 +27,16 @@ Networks (``self.net``, averaged by the EMA):
 
 Exogenous noise of an image (abduction, deterministic):
 
-- ``latent``: ``z = encoder(x)``;
-- ``x_T``: the DDIM inversion of ``x`` (on [-1, 1]) under ``z`` and the factual attributes;
+- ``latent``: ``z = encoder(h)``;
+- ``x_T``: the DDIM inversion of ``h`` (pixel design: of ``x`` on [-1, 1]) under ``z`` and the
+  factual attributes;
+- ``residual`` (latent design, ``residual=True``): ``x`` minus the decoder's mean of ``h``;
 - causal mode only: ``block_rest``, each attribute block's sample-specific rest
   ``z_k - g_k(factual value)`` (see below).
 
-Prediction runs DDIM (``eta = 0``) from ``x_T`` under ``z`` and the counterfactual attributes.
-The null intervention gives the input back up to the inversion's error: it shrinks with
+Prediction runs DDIM (``eta = 0``) from ``x_T`` under ``z`` and the counterfactual attributes,
+then decodes (and adds the faded residual). The null intervention gives the input back up to
+the inversion's error (with ``residual=False``, also the first stage's): it shrinks with
 ``steps`` and, much faster, with ``inversion_iters`` fixed-point refinements per inversion step
 (see :mod:`models.nn.diffusion`).
 
@@ -35,7 +48,8 @@ Counterfactual-time options (defaults are the hyperparameters of the same names)
   used in the inversion and in the sampling alike (1: off). Training drops the attributes with
   probability ``p_uncond`` (zeros plus a flag); in a dropped sample the encoder gets no gradient,
   so the dropout gives the semantic latent no reason to learn the attributes;
-- ``inversion_iters``: fixed-point refinements per inversion step (0: plain DDIM inversion).
+- ``inversion_iters``: fixed-point refinements per inversion step (0: plain DDIM inversion);
+- ``residual`` (latent design): keep the pixel residual about the first stage's decoder.
 
 CausalDiffAE mode (``causal_latent=True``, ``model=causal_diffae``). The latent is split into one
 block of ``block_dim`` per image parent plus a free "style" block of ``latent_dim``:
@@ -81,6 +95,7 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from models.base import CounterfactualModel, ImageMechanism
+from models.nn.autoencoder import LatentAutoencoder
 from models.nn.conditioning import ParentEncoder
 from models.nn.convnets import ConvEncoder
 from models.nn.diffusion import build_schedulers, ddim_invert, ddim_sample
@@ -88,7 +103,17 @@ from models.nn.gaussian import LOG_SD_RANGE, standard_normal_kl
 from models.nn.latent_scm import LatentSCM, mlp
 from models.nn.likelihoods import from_signed, to_signed
 
-__all__ = ["DiffAEMechanism", "DiffAENoise", "DiffusionAutoencoder", "LatentSCM"]
+__all__ = [
+    "AUTOENCODER_DEFAULTS",
+    "DiffAEMechanism",
+    "DiffAENoise",
+    "DiffusionAutoencoder",
+    "LatentSCM",
+]
+
+#: The first stage of the latent design: two stride-2 stages to a 4-channel latent (8 x 8 for
+#: Morpho-MNIST's 32 x 32 px), decoded under latent noise of sd 0.1.
+AUTOENCODER_DEFAULTS: dict[str, Any] = {"widths": [16, 32], "channels": 4, "noise": 0.1}
 
 
 @dataclass
@@ -99,11 +124,14 @@ class DiffAENoise:
         latent: the semantic latent (the posterior mean with the bottleneck).
         x_T: the DDIM inversion of the image.
         block_rest: causal mode: each attribute block's rest ``z_k - g_k(factual value)``.
+        residual: latent design with ``residual=True``: the pixel residual about the first
+            stage's decoder (:meth:`~models.nn.likelihoods.DiscretizedGaussian.noise`).
     """
 
     latent: Tensor
     x_T: Tensor
     block_rest: dict[str, Tensor] | None = None
+    residual: dict[str, Tensor] | None = None
 
 
 class DiffAEMechanism(ImageMechanism):
@@ -139,10 +167,19 @@ class DiffAEMechanism(ImageMechanism):
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
         compile: bool = False,
+        autoencoder: Mapping[str, Any] | None = None,
+        residual: bool = True,
     ):
-        super().__init__(
-            steps=steps, guidance_scale=guidance_scale, inversion_iters=inversion_iters
-        )
+        options = dict(steps=steps, guidance_scale=guidance_scale, inversion_iters=inversion_iters)
+        if autoencoder is not None:
+            options["residual"] = residual  # the first stage's pixel residual (latent design)
+        super().__init__(**options)
+        self.autoencoder = None
+        if autoencoder is not None:
+            self.autoencoder = LatentAutoencoder(image_shape[0], **autoencoder)
+            image_shape = self.autoencoder.latent_shape(image_shape)
+        #: ``(C, H, W)`` of what the diffusion runs over: the first stage's latent, or the image
+        self.diffusion_shape = tuple(int(s) for s in image_shape)
         channels, size, _ = image_shape
         self.causal_latent = causal_latent
         if causal_latent:
@@ -250,10 +287,19 @@ class DiffAEMechanism(ImageMechanism):
 
     # -- training ------------------------------------------------------------------------------
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The denoising loss (plus the bottleneck's KL and, causal mode, the blocks' fits)."""
+        """The denoising loss (plus the first stage's reconstruction NLL per pixel, the
+        bottleneck's KL and, causal mode, the blocks' fits).
+
+        The first stage and the diffusion train together; the diffusion sees the latent detached,
+        so its loss can't shrink or bend the latent to make denoising easier.
+        """
         y = to_signed(x)
-        z, kl = self.encode(y, sample=self.training)
         logs: dict[str, Tensor] = {}
+        if self.autoencoder is not None:
+            latent, reconstruction = self.autoencoder.loss(y)
+            y = latent.detach()
+            logs["reconstruction"] = reconstruction.mean()
+        z, kl = self.encode(y, sample=self.training)
         if self.causal_latent:
             blocks, semantic = self.latent_scm.split(z)
             attributes = torch.cat(list(blocks.values()), 1)
@@ -285,6 +331,8 @@ class DiffAEMechanism(ImageMechanism):
         mse = F.mse_loss(output.float(), target)
         logs["mse"] = mse
         loss = mse
+        if self.autoencoder is not None:
+            loss = loss + logs["reconstruction"]
         if self.semantic_kl:
             logs["semantic_kl"] = kl.mean()
             loss = loss + self.semantic_kl * kl.mean()
@@ -302,22 +350,33 @@ class DiffAEMechanism(ImageMechanism):
         steps: int,
         guidance_scale: float,
         inversion_iters: int,
+        residual: bool = False,
     ) -> DiffAENoise:
-        y = to_signed(x)
+        y = pixels = to_signed(x)
+        residual_noise = None
+        if self.autoencoder is not None:
+            y = self.autoencoder.encode(pixels)
+            if residual:
+                residual_noise = self.autoencoder.decode(y).noise(pixels)
         z, _ = self.encode(y, sample=False)
         model_fn = self.model_fn(*self.context_parts(z, pa), guidance_scale)
         x_T = ddim_invert(model_fn, y, self.inverter, steps, inversion_iters)
         rest = None
         if self.causal_latent:
             rest = self.latent_scm.rest(self.latent_scm.split(z)[0], pa)
-        return DiffAENoise(z, x_T, rest)
+        return DiffAENoise(z, x_T, rest, residual_noise)
 
     @property
     def can_sample(self) -> bool:
         return self.semantic_kl > 0  # without the bottleneck the semantic latent has no prior
 
     def prior_noise(
-        self, pa: Mapping[str, Tensor], steps: int, guidance_scale: float, inversion_iters: int
+        self,
+        pa: Mapping[str, Tensor],
+        steps: int,
+        guidance_scale: float,
+        inversion_iters: int,
+        residual: bool = False,
     ) -> DiffAENoise:
         """``x_T ~ N(0, I)`` and the semantic latent from the bottleneck's ``N(0, I)`` prior; in
         causal mode each attribute block is its value's embedding (a rest of 0).
@@ -334,10 +393,7 @@ class DiffAEMechanism(ImageMechanism):
             )
         reference = next(iter(pa.values()))
         n, device = len(reference), reference.device
-        config = self.unet.config
-        x_T = torch.randn(
-            n, config.in_channels, config.sample_size, config.sample_size, device=device
-        )
+        x_T = torch.randn(n, *self.diffusion_shape, device=device)
         semantic = torch.randn(n, self.semantic_dim, device=device)
         if not self.causal_latent:
             return DiffAENoise(semantic, x_T)
@@ -354,6 +410,7 @@ class DiffAEMechanism(ImageMechanism):
         steps: int,
         guidance_scale: float,
         inversion_iters: int,
+        residual: bool = False,
     ) -> Tensor:
         if not isinstance(noise, DiffAENoise):
             raise ValueError(
@@ -370,7 +427,9 @@ class DiffAEMechanism(ImageMechanism):
             semantic, attributes = noise.latent, self.parents(pa)
         model_fn = self.model_fn(semantic, attributes, guidance_scale)
         y = ddim_sample(model_fn, noise.x_T, self.sampler, steps)
-        return from_signed(y).clamp(0.0, 1.0)
+        if self.autoencoder is None:
+            return from_signed(y).clamp(0.0, 1.0)
+        return self.autoencoder.decode(y).image(noise.residual or {}, residual)
 
 
 class DiffusionAutoencoder(CounterfactualModel):
@@ -381,13 +440,19 @@ class DiffusionAutoencoder(CounterfactualModel):
             skip_grad_norm, cf_finetune: see :class:`~models.base.CounterfactualModel`. The EMA's decay
             warms up as ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs
             are not stuck near the initial weights.
-        channels: the UNet's ``block_out_channels`` (one resolution per entry).
+        autoencoder: the first stage of the latent design: ``True`` for
+            :data:`AUTOENCODER_DEFAULTS`, or a mapping of overrides of them (``widths``,
+            ``channels``, ``noise``; see :class:`~models.nn.autoencoder.LatentAutoencoder`);
+            ``None``: diffusion over the pixels, as checkpoints from before the option were
+            trained and are loaded.
+        residual: default for keeping the first stage's pixel residual as noise (latent design).
+        channels: the UNet's ``block_out_channels`` (one resolution per entry, from the latent's).
         layers_per_block: residual blocks per UNet resolution.
         attention: self-attention at each resolution (``None``: nowhere).
         mid_attention: self-attention in the UNet's middle block.
         norm_num_groups: group-norm groups (must divide every channel count).
         dropout: dropout in the UNet's residual blocks.
-        encoder_widths: channels of the semantic encoder's stride-2 stages.
+        encoder_widths: channels of the semantic encoder's stride-2 stages (over the latent).
         latent_dim: size of the semantic latent (causal mode: of the free style block; may be 0).
         causal_latent: the CausalDiffAE mode (see the module docstring).
         block_dim: size of each attribute's block (causal mode).
@@ -411,13 +476,15 @@ class DiffusionAutoencoder(CounterfactualModel):
         graph: Mapping[str, Any],
         image_shape: Sequence[int],
         dataset: str = "unknown",
-        channels: Sequence[int] = (32, 64, 64),
+        autoencoder: Mapping[str, Any] | bool | None = True,
+        residual: bool = True,
+        channels: Sequence[int] = (32, 64),
         layers_per_block: int = 1,
         attention: Sequence[bool] | None = None,
         mid_attention: bool = False,
         norm_num_groups: int = 8,
         dropout: float = 0.0,
-        encoder_widths: Sequence[int] = (32, 64, 128),
+        encoder_widths: Sequence[int] = (64, 128),
         latent_dim: int = 32,
         causal_latent: bool = False,
         block_dim: int = 4,
@@ -426,7 +493,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
         semantic_kl: float = 0.01,
-        steps: int = 20,
+        steps: int = 10,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
         compile: bool = False,
@@ -451,6 +518,19 @@ class DiffusionAutoencoder(CounterfactualModel):
             cf_finetune=cf_finetune,
         )
         self.save_hyperparameters()
+        if autoencoder is True:
+            autoencoder = AUTOENCODER_DEFAULTS
+        if autoencoder:
+            unknown = sorted(set(autoencoder) - set(AUTOENCODER_DEFAULTS))
+            if unknown:
+                raise ValueError(
+                    f"autoencoder has no setting(s) {unknown}; it takes "
+                    f"{sorted(AUTOENCODER_DEFAULTS)} (or null: diffusion over the pixels)"
+                )
+        autoencoder = {**AUTOENCODER_DEFAULTS, **autoencoder} if autoencoder else None
+        # the checkpoint keeps the settings themselves, so a later change of defaults can't
+        # rebuild a saved model differently
+        self.hparams["autoencoder"] = autoencoder
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
         if semantic_kl < 0:
@@ -495,6 +575,8 @@ class DiffusionAutoencoder(CounterfactualModel):
                 guidance_scale=guidance_scale,
                 inversion_iters=inversion_iters,
                 compile=compile,
+                autoencoder=autoencoder,
+                residual=residual,
             )
         )
 

@@ -32,7 +32,9 @@ MODELS: dict[str, type[pl.LightningModule]] = {
 
 #: Hyperparameters added after checkpoints were already written, with the value those earlier
 #: checkpoints were trained under (a newer default would build another model from them).
-ADDED_LATER: dict[str, dict[str, object]] = {"DiffusionAutoencoder": {"semantic_kl": 0.0}}
+ADDED_LATER: dict[str, dict[str, object]] = {
+    "DiffusionAutoencoder": {"semantic_kl": 0.0, "autoencoder": None}
+}
 
 
 def load_model(

@@ -80,6 +80,17 @@ def build_schedulers(
             f"timestep_spacing must be 'leading' or 'trailing' (DDIM inversion supports those), "
             f"got '{config['timestep_spacing']}'"
         )
+    if config["prediction_type"] not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"prediction_type must be 'epsilon' or 'v_prediction', got "
+            f"'{config['prediction_type']}': DDIM inversion of an x_0-predicting model divides "
+            "by zero at the clean end"
+        )
+    if config.get("rescale_betas_zero_snr") and config["prediction_type"] != "v_prediction":
+        raise ValueError(
+            "rescale_betas_zero_snr needs prediction_type='v_prediction': at zero terminal SNR "
+            "an epsilon-predicting sampler divides by zero at its first step"
+        )
     config.update(_FIXED)
     return (
         DDPMScheduler(**_accepted(DDPMScheduler, config)),

@@ -1,4 +1,5 @@
-"""The diffusion autoencoder: DDIM abduction, options, guidance, checkpoints, the causal latent.
+"""The diffusion autoencoder: DDIM abduction in both designs, options, guidance, checkpoints, the
+causal latent.
 
 Both modes also run the whole counterfactual contract (``FAMILIES`` in conftest.py).
 """
@@ -13,8 +14,10 @@ from tests.families import fit_briefly, tiny_diffae
 from tests.helpers import save_checkpoint
 
 #: Max and mean absolute error on [0, 1] of inverting then sampling (10 DDIM steps, 5 fixed-point
-#: refinements per inversion step) on the briefly trained tiny model: measured max 0.07-0.24 and
-#: mean 0.003-0.010 over seeds 0-2; plain DDIM inversion (0 refinements) reaches max 1.0.
+#: refinements per inversion step) on the briefly trained tiny model, against the input (pixel
+#: design) or against the first stage's reconstruction (latent design, residual off). Pixel design:
+#: measured max 0.07-0.24 and mean 0.003-0.010 over seeds 0-2; plain DDIM inversion (0
+#: refinements) reaches max 1.0.
 RECONSTRUCTION_BOUND = 0.5
 RECONSTRUCTION_MEAN_BOUND = 0.02
 
@@ -29,6 +32,13 @@ def build(morpho, **kwargs) -> DiffusionAutoencoder:
 @pytest.fixture(scope="module")
 def trained(morpho):
     model = build(morpho)
+    fit_briefly(model, morpho)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pixel(morpho):
+    model = build(morpho, autoencoder=None)
     fit_briefly(model, morpho)
     return model
 
@@ -54,19 +64,39 @@ def count_unet_calls(model, monkeypatch) -> list[int]:
     return calls
 
 
-def test_inversion_then_sampling_reconstructs_the_input(trained, test_batch):
+@pytest.mark.parametrize("design", ["latent", "pixel"])
+def test_inversion_then_sampling_reconstructs_the_input(design, trained, pixel, test_batch):
+    model = trained if design == "latent" else pixel
     x, pa = test_batch["x"], test_batch["pa"]
+    target = x
+    options = {}
+    if design == "latent":  # the inversion's own error: against the first stage's reconstruction
+        autoencoder = model.mechanism.autoencoder
+        with torch.no_grad():
+            target = (autoencoder.decode(autoencoder.encode(x * 2 - 1)).expected + 1) / 2
+        options = {"residual": False}
     errors = {}
     for iters in (0, 5):
-        cf = trained.counterfactual(x, pa, {}, steps=10, inversion_iters=iters)
-        errors[iters] = (cf.image - x).abs()
+        cf = model.counterfactual(x, pa, {}, steps=10, inversion_iters=iters, **options)
+        errors[iters] = (cf.image - target).abs()
     assert errors[5].max() < RECONSTRUCTION_BOUND
     assert errors[5].mean() < RECONSTRUCTION_MEAN_BOUND
     # the fixed-point refinement makes the inversion more exact
     assert errors[5].mean() < errors[0].mean() / 2
-    noise = trained.abduct(x, pa, steps=2)
+    noise = model.abduct(x, pa, steps=2)
     assert noise.image.block_rest is None  # (causal mode: each block's rest)
-    assert noise.image.x_T.shape == x.shape and noise.image.latent.shape == (len(x), 4)
+    shape = (len(x), 2, 16, 16) if design == "latent" else x.shape
+    assert noise.image.x_T.shape == shape and noise.image.latent.shape == (len(x), 4)
+    assert (noise.image.residual is None) == (design == "pixel")
+
+
+def test_the_residual_makes_the_null_intervention_exact_up_to_the_inversion(trained, test_batch):
+    """With the residual, the null intervention's error is the decoder's change under the
+    round-tripped latent, far below the first stage's own reconstruction error."""
+    x, pa = test_batch["x"], test_batch["pa"]
+    with_residual = (trained.counterfactual(x, pa, {}).image - x).abs().mean()
+    alone = (trained.counterfactual(x, pa, {}, residual=False).image - x).abs().mean()
+    assert with_residual < alone / 5, (float(with_residual), float(alone))
 
 
 def test_abduction_is_deterministic(trained, test_batch):
@@ -101,20 +131,42 @@ def test_steps_change_the_result_and_the_cost(trained, test_batch, monkeypatch):
     assert (images[2] - images[4]).abs().max() > 1e-3
 
 
-def test_checkpoint_restores_the_schedulers(morpho, test_batch, tmp_path):
-    scheduler = {"num_train_timesteps": 500, "beta_schedule": "squaredcos_cap_v2"}
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"num_train_timesteps": 500, "beta_schedule": "squaredcos_cap_v2"},
+        {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+        {"beta_schedule": "scaled_linear", "beta_start": 2e-4, "beta_end": 0.012},
+        {
+            "num_train_timesteps": 200,
+            "rescale_betas_zero_snr": True,
+            "prediction_type": "v_prediction",
+            "timestep_spacing": "trailing",
+        },
+    ],
+)
+def test_checkpoint_restores_the_schedulers(morpho, test_batch, tmp_path, scheduler):
+    """Every setting of the schedule survives a save and load: the same levels, the same steps,
+    the same counterfactuals."""
     model = build(morpho, scheduler=scheduler, steps=3)
     loaded = load_model(save_checkpoint(model, tmp_path / "diffae.ckpt"))
     assert isinstance(loaded, DiffusionAutoencoder)
     for name in ("train_scheduler", "sampler", "inverter"):
         before, after = getattr(model.net, name), getattr(loaded.net, name)
         assert dict(before.config) == dict(after.config), name
-        assert after.config.num_train_timesteps == 500
+        for key, value in scheduler.items():
+            assert after.config[key] == value, (name, key)
         assert torch.equal(before.alphas_cumprod, after.alphas_cumprod)
         before.set_timesteps(7)
         after.set_timesteps(7)
         assert torch.equal(before.timesteps, after.timesteps)
-    assert loaded.option_defaults() == {"steps": 3, "guidance_scale": 1.0, "inversion_iters": 5}
+    assert loaded.option_defaults() == {
+        "steps": 3,
+        "guidance_scale": 1.0,
+        "inversion_iters": 5,
+        "residual": True,
+    }
+    assert loaded.hparams["autoencoder"] == model.hparams["autoencoder"]
     x, pa = test_batch["x"][:4], {k: v[:4] for k, v in test_batch["pa"].items()}
     do = {"thickness": 4.0}
     assert torch.equal(
@@ -134,7 +186,8 @@ def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
 ):
     model = build(morpho, semantic_kl=0.01, causal_latent=causal_latent)
     net, x, pa = model.mechanism, test_batch["x"], test_batch["pa"]
-    y = x * 2 - 1
+    with torch.no_grad():
+        y = net.autoencoder.encode(x * 2 - 1)  # the semantic encoder reads the first stage's latent
     outputs = net.encoder(y)
     size, semantic = net.latent_size, net.semantic_dim
     assert outputs.shape == (len(x), size + semantic)  # latent, then the semantic log-sd
@@ -157,12 +210,23 @@ def test_semantic_bottleneck_samples_in_training_and_abducts_the_mean(
     assert loss > logs["mse"]
 
 
-def test_checkpoints_from_before_the_bottleneck_load_without_it(morpho, tmp_path):
-    path = save_checkpoint(build(morpho, semantic_kl=0.0), tmp_path / "old.ckpt")
+def test_checkpoints_from_before_the_bottleneck_and_the_latent_design_load(
+    morpho, test_batch, tmp_path
+):
+    old = build(morpho, semantic_kl=0.0, autoencoder=None).eval()
+    path = save_checkpoint(old, tmp_path / "old.ckpt")
     checkpoint = torch.load(path, weights_only=True)
-    del checkpoint["hyper_parameters"]["semantic_kl"]  # as written before the option existed
+    for key in ("semantic_kl", "autoencoder", "residual"):  # options that came later
+        del checkpoint["hyper_parameters"][key]
     torch.save(checkpoint, path)
-    assert load_model(path).net.semantic_kl == 0.0
+    loaded = load_model(path)
+    assert loaded.net.semantic_kl == 0.0 and loaded.net.autoencoder is None
+    assert "residual" not in loaded.options  # a pixel-space model has no first stage
+    x, pa = test_batch["x"][:4], {k: v[:4] for k, v in test_batch["pa"].items()}
+    assert torch.equal(
+        old.counterfactual(x, pa, {"intensity": 150.0}, steps=2).image,
+        loaded.counterfactual(x, pa, {"intensity": 150.0}, steps=2).image,
+    )
     bottleneck = load_model(save_checkpoint(build(morpho, semantic_kl=0.01), tmp_path / "new.ckpt"))
     assert bottleneck.net.semantic_kl == 0.01
 
@@ -177,14 +241,24 @@ def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
         build(morpho, scheduler={"clip_sample": True})
     with pytest.raises(ValueError, match="unknown scheduler option"):
         build(morpho, scheduler={"num_steps": 10})
+    with pytest.raises(ValueError, match="prediction_type must be"):
+        build(morpho, scheduler={"prediction_type": "sample"})
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr needs"):
+        build(morpho, scheduler={"rescale_betas_zero_snr": True})
     with pytest.raises(ValueError, match="semantic_kl must be >= 0"):
         build(morpho, semantic_kl=-1.0)
+    with pytest.raises(ValueError, match="autoencoder has no setting"):
+        build(morpho, autoencoder={"width": [8]})
+    with pytest.raises(ValueError, match="use fewer autoencoder widths"):
+        build(morpho, autoencoder={"widths": [4] * 6})
+    with pytest.raises(ValueError, match="no counterfactual option"):
+        build(morpho, autoencoder=None).eval().counterfactual(x, pa, {}, residual=False)
 
 
 def test_causal_blocks_follow_the_graph(causal, test_batch):
     x, pa = test_batch["x"], test_batch["pa"]
     latent_scm = causal.mechanism.latent_scm
-    noise = causal.abduct(x, pa)
+    noise = causal.abduct(x, pa, steps=1, inversion_iters=0)  # only the latent matters here
     blocks, _ = latent_scm.split(noise.image.latent)
     rest = noise.image.block_rest
     assert set(blocks) == {"thickness", "intensity", "digit"}
