@@ -144,9 +144,12 @@ class DiffAEMechanism(ImageMechanism):
         graph: the causal graph (its image parents condition the UNet).
         image_shape: ``(C, H, W)``.
         encoder_widths, latent_dim, causal_latent, block_dim, block_hidden, block_weight,
-            scheduler, p_uncond, semantic_kl, steps, guidance_scale, inversion_iters, compile:
-            see :class:`DiffusionAutoencoder`.
+            scheduler, p_uncond, semantic_kl, steps, guidance_scale, inversion_iters, compile,
+            residual: see :class:`DiffusionAutoencoder`.
         unet: ``UNet2DModel`` settings.
+        autoencoder: the first stage's settings (all of them,
+            :class:`~models.nn.autoencoder.LatentAutoencoder`'s arguments but the image
+            channels), or ``None``: diffusion over the pixels.
     """
 
     def __init__(
@@ -154,7 +157,7 @@ class DiffAEMechanism(ImageMechanism):
         graph,
         image_shape: Sequence[int],
         unet: Mapping[str, Any],
-        encoder_widths: Sequence[int] = (32, 64, 128),
+        encoder_widths: Sequence[int] = (32, 64),
         latent_dim: int = 32,
         causal_latent: bool = False,
         block_dim: int = 4,
@@ -163,7 +166,7 @@ class DiffAEMechanism(ImageMechanism):
         scheduler: Mapping[str, Any] | None = None,
         p_uncond: float = 0.1,
         semantic_kl: float = 0.01,
-        steps: int = 20,
+        steps: int = 10,
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
         compile: bool = False,
@@ -484,7 +487,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         mid_attention: bool = False,
         norm_num_groups: int = 8,
         dropout: float = 0.0,
-        encoder_widths: Sequence[int] = (64, 128),
+        encoder_widths: Sequence[int] = (32, 64),
         latent_dim: int = 32,
         causal_latent: bool = False,
         block_dim: int = 4,

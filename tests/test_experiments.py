@@ -123,11 +123,12 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
 
 
-#: A ``None`` default of a model that a dict of settings fills: the function whose defaults it
-#: means.
+#: A ``None`` (or ``True``) default of a model that a dict of settings fills: the function or
+#: mapping whose defaults it means.
 NONE_MEANS = {
     "scm": "models.scm.AttributeSCM",
     "scheduler": "models.nn.diffusion.SCHEDULER_DEFAULTS",
+    "autoencoder": "models.diffae.AUTOENCODER_DEFAULTS",
 }
 
 
@@ -157,7 +158,7 @@ def test_a_model_config_repeats_its_python_defaults_exactly(option):
         default = parameters[key].default
         if default is inspect.Parameter.empty:
             continue
-        if default is None and key in NONE_MEANS:
+        if (default is None or default is True) and key in NONE_MEANS:
             module_name, attribute = NONE_MEANS[key].rsplit(".", 1)
             meant = getattr(importlib.import_module(module_name), attribute)
             if callable(meant):
