@@ -61,9 +61,9 @@ from metrics.figures import save_grid, visible_interventions  # noqa: E402
 from metrics.judges import ROLES  # noqa: E402
 from models import load_model  # noqa: E402
 
-#: Families that train at the CPU default in minutes and whose full suite takes minutes here.
-#: The diffusion autoencoders need ~1 UNet pass per DDIM step per counterfactual: add them with
-#: --families diffae causal_diffae (and a GPU, or --eval-override options.steps=5).
+#: Families that train at the CPU default in minutes and whose full suite takes a few minutes
+#: here. The diffusion autoencoders' suite takes about 16 minutes each (40 UNet calls per
+#: counterfactual): add them with --families diffae causal_diffae.
 DEFAULT_FAMILIES = ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
 #: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides),
 #: launched with ``model.cf_finetune.init_ckpt=<that checkpoint>``.
@@ -262,8 +262,9 @@ def _number(value: float) -> str:
 
 
 def metric_rows(models: dict, keys) -> list[str]:
-    """A markdown table with a row per metric in ``keys`` and a column per model."""
-    names = list(models)
+    """A markdown table with a row per metric in ``keys`` and a column per model (the
+    references last, however late a run added a family)."""
+    names = sorted(models, key=lambda n: n in REFERENCES)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         cells = [
@@ -551,7 +552,8 @@ def main(argv: list[str] | None = None) -> Path:
         type=int,
         default=None,
         help="score on N test images (evenly spaced), and time counterfactuals on at most N "
-        "(slow families: the diffusion autoencoders take hours on all 1,000 on a CPU)",
+        "(a quick look at a slow model: the diffusion autoencoders' full suite on all 1,000 "
+        "takes about 16 minutes each on a 2-core CPU)",
     )
     parser.add_argument(
         "--no-oracle", action="store_true", help="skip the reference rows (oracle and identity)"

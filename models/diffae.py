@@ -122,7 +122,7 @@ class DiffAENoise:
 
     Attributes:
         latent: the semantic latent (the posterior mean with the bottleneck).
-        x_T: the DDIM inversion of the image.
+        x_T: the DDIM inversion of the first stage's latent (pixel design: of the image).
         block_rest: causal mode: each attribute block's rest ``z_k - g_k(factual value)``.
         residual: latent design with ``residual=True``: the pixel residual about the first
             stage's decoder (:meth:`~models.nn.likelihoods.DiscretizedGaussian.noise`).
