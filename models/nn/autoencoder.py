@@ -20,13 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from models.nn.convnets import _group_norm
 from models.nn.likelihoods import DiscretizedGaussian
 
 __all__ = ["LatentAutoencoder"]
 
 
 def _stage(channels: int) -> list[nn.Module]:
-    return [nn.GroupNorm(min(8, channels), channels), nn.SiLU()]
+    return [_group_norm(channels), nn.SiLU()]
 
 
 class LatentAutoencoder(nn.Module):
