@@ -55,7 +55,7 @@ from common import ROOT, build_model, counterfactuals_per_second, run_train  # n
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import evaluate as evaluate_script  # noqa: E402
-from datamodules import MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
+from datamodules import DATAMODULES, MorphoMNISTDataModule, PendulumDataModule  # noqa: E402
 from datamodules.base import evenly_spaced  # noqa: E402
 from metrics.figures import save_grid, visible_interventions  # noqa: E402
 from metrics.judges import ROLES  # noqa: E402
@@ -77,7 +77,9 @@ ORACLE = "oracle"
 #: Reference models scored beside the families, built from the data (no training): the oracle
 #: (the floor) and the identity (a model that ignores every intervention).
 REFERENCES = (ORACLE, "identity")
-GRID_INTERVENTIONS = ("thickness", "intensity", "digit")
+GRID_INTERVENTIONS = ("thickness", "intensity", "digit", "domain")
+#: Datasets the leaderboard runs on: the synthetic ones, which render the true counterfactual.
+DATASETS = ("morphomnist", "morphomnist_domains")
 
 
 # -- provenance ------------------------------------------------------------------------------------
@@ -402,7 +404,7 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
     models = {name: load_model(ckpt).eval() for name, ckpt in checkpoints.items()}
     targets = visible_interventions(batch["pa"], datamodule.graph)
     rows = [("factual", batch["x"], batch["pa"])]
-    for intervention in GRID_INTERVENTIONS:
+    for intervention in [v for v in GRID_INTERVENTIONS if v in datamodule.graph]:
         do = targets[intervention]
         if intervention in datamodule.ground_truth_variables:
             truth, attrs = datamodule.true_counterfactual(batch["index"], do)
@@ -524,6 +526,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES))
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per model")
+    parser.add_argument(
+        "--data",
+        choices=DATASETS,
+        default=DATASETS[0],
+        help="the dataset (morphomnist_domains: the multi-domain world, with do(domain))",
+    )
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument(
         "--data-limit", type=int, default=None, help="use this many digits (smoke runs, tests)"
@@ -580,13 +588,13 @@ def main(argv: list[str] | None = None) -> Path:
     commit = git_commit()
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = [f"data.data_dir={args.data_dir}", f"data.seed={DATA_SEED}"]
+    data = [f"data={args.data}", f"data.data_dir={args.data_dir}", f"data.seed={DATA_SEED}"]
     if args.data_limit:
         data.append(f"data.limit={args.data_limit}")
     if args.test_images is not None and args.test_images < 1:
         parser.error(f"--test-images must be a positive number, got {args.test_images}")
     test_images = [f"test_images={args.test_images}"] if args.test_images else []
-    datamodule = MorphoMNISTDataModule(
+    datamodule = DATAMODULES[args.data](
         data_dir=args.data_dir, limit=args.data_limit, seed=DATA_SEED
     )
     datamodule.setup()

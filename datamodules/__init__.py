@@ -9,6 +9,7 @@ from datamodules.base import (
     Variable,
 )
 from datamodules.celeba import CelebADataModule
+from datamodules.domains import DomainMNISTDataModule
 from datamodules.folder import FolderDataModule
 from datamodules.morphomnist import ANALYTIC_MECHANISMS as _MORPHOMNIST_LAWS
 from datamodules.morphomnist import MorphoMNISTDataModule
@@ -18,6 +19,7 @@ from datamodules.pendulum import PendulumDataModule
 #: Dataset name -> datamodule class, for tools that rebuild a checkpoint's data.
 DATAMODULES = {
     MorphoMNISTDataModule.name: MorphoMNISTDataModule,
+    DomainMNISTDataModule.name: DomainMNISTDataModule,
     PendulumDataModule.name: PendulumDataModule,
     CelebADataModule.name: CelebADataModule,
     FolderDataModule.name: FolderDataModule,
@@ -27,6 +29,7 @@ DATAMODULES = {
 #: may use instead of learned flows (``scm.mechanism=analytic``).
 ANALYTIC_MECHANISMS = {
     MorphoMNISTDataModule.name: _MORPHOMNIST_LAWS,
+    DomainMNISTDataModule.name: _MORPHOMNIST_LAWS,  # the domain is a root of its own
     PendulumDataModule.name: _PENDULUM_LAWS,
 }
 
@@ -75,6 +78,7 @@ __all__ = [
     "CausalGraph",
     "CelebADataModule",
     "CounterfactualDataModule",
+    "DomainMNISTDataModule",
     "FolderDataModule",
     "ImageAttributeDataset",
     "MorphoMNISTDataModule",

@@ -183,6 +183,8 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
     image_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
     #: Variables whose interventions have a true counterfactual (a digit comes with its source).
     ground_truth_variables = ("thickness", "intensity")
+    #: The array of each sample's rendering at its stored attributes (what render() reuses).
+    rendered_key = "images"
 
     def __init__(
         self,
@@ -294,6 +296,15 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
         Returns:
             Images ``(B, 1, 32, 32)`` in [0, 1] like ``batch["x"]``, and the attributes.
         """
+        attributes = self.counterfactual_attributes(index, do)
+        return self.render(index, attributes), attributes
+
+    def counterfactual_attributes(
+        self, index: Tensor, do: Mapping[str, Intervention]
+    ) -> dict[str, Tensor]:
+        """The true counterfactual attributes of samples ``index`` under ``do`` (see
+        :meth:`true_counterfactual`): the intervened values, and intensity recomputed from each
+        sample's own noise when only thickness is set."""
         if "digit" in do:
             raise ValueError(
                 "do(digit=...) has no ground truth in Morpho-MNIST: a sample's digit comes with its "
@@ -310,12 +321,11 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
         else:  # intensity is a descendant of thickness: recompute it with the sample's own noise
             noise = arrays["intensity_noise"][rows]
             intensity = torch.from_numpy(intensity_law(thickness.cpu().numpy(), noise))
-        attributes = {
+        return {
             "thickness": thickness,
             "intensity": intensity.to(thickness.device),
             "digit": factual["digit"],
         }
-        return self.render(index, attributes), attributes
 
     def render(self, index: Tensor, attributes: Mapping[str, Tensor]) -> Tensor:
         """The true image mechanism: sample ``index``'s source digit at the given attributes.
@@ -334,7 +344,7 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
         device = attributes["thickness"].device
         thickness = attributes["thickness"].float().cpu().numpy()
         intensity = attributes["intensity"].float().cpu().numpy()
-        images = arrays["images"][rows].copy()
+        images = arrays[self.rendered_key][rows].copy()
         changed = (thickness != arrays["thickness"][rows]) | (
             intensity != arrays["intensity"][rows]
         )

@@ -61,8 +61,9 @@ def composition(
     current = x
     out = []
     for _ in range(steps):
-        current = model.counterfactual(current, pa, {}, sample_ids=sample_ids, **options).image
-        out.append(l1(current, x))
+        cf = model.counterfactual(current, pa, {}, sample_ids=sample_ids, **options)
+        current = cf.unclipped  # what the model gave, unclipped, as in reversibility
+        out.append(l1(cf.image, x))
     return torch.stack(out)
 
 
@@ -82,6 +83,11 @@ def reversibility(
     The way back intervenes on every variable the way out changed (the intervened ones and their
     descendants), setting them to their factual values. Both legs pass the same ``sample_ids``:
     a counterfactual shares its factual's exogenous noise, so it is the same sample.
+
+    Each leg starts from the model's unclipped output (``Counterfactual.unclipped``); the
+    distance is measured on the clipped images. For most families the two are the same; a
+    bijection's inverse can stray just outside [0, 1], and abducting from a clipped image would
+    measure the clipping instead of the model.
     """
     x = x.to(model.device)
     current = x
@@ -89,10 +95,11 @@ def reversibility(
     for _ in range(cycles):
         forward = model.counterfactual(current, pa, do, sample_ids=sample_ids, **options)
         back_do = {k: pa[k] for k in forward.parents if not torch.equal(forward.parents[k], pa[k])}
-        current = model.counterfactual(
-            forward.image, forward.parents, back_do, sample_ids=sample_ids, **options
-        ).image
-        out.append(l1(current, x))
+        back = model.counterfactual(
+            forward.unclipped, forward.parents, back_do, sample_ids=sample_ids, **options
+        )
+        current = back.unclipped
+        out.append(l1(back.image, x))
     return torch.stack(out)
 
 

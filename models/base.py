@@ -88,13 +88,18 @@ class Counterfactual:
     """The answer to a counterfactual query.
 
     Attributes:
-        image: ``(B, C, H, W)`` counterfactual images in [0, 1].
+        image: ``(B, C, H, W)`` counterfactual images in [0, 1]: what to show and score.
         parents: the counterfactual attributes (natural units).
         factual_image: the input images.
         factual_parents: the input attributes.
         noise: the abducted exogenous noise (the attributes' noise only for the variables that
             were recomputed; ``model.abduct`` gives all of it).
         do: the interventions, resolved to one tensor per intervened variable.
+        unclipped: the mechanism's own output before clipping to [0, 1]. It differs from
+            ``image`` only for the bijective families (flow, ILD), whose inverse can stray just
+            outside [0, 1] (see ``ImageMechanism.pixel_range``). Feed it back to
+            ``counterfactual`` for an exact round trip: abduction from the clipped ``image``
+            recovers a slightly different noise.
     """
 
     image: Tensor
@@ -103,6 +108,7 @@ class Counterfactual:
     factual_parents: dict[str, Tensor]
     noise: Exogenous
     do: dict[str, Tensor]
+    unclipped: Tensor | None = None
 
 
 @dataclass
@@ -138,6 +144,16 @@ class ImageMechanism(nn.Module):
 
     #: The oracle identifies samples by their dataset ids, handed to ``abduct`` as ``sample_ids``.
     uses_sample_ids: bool = False
+
+    #: Whether ``abduct`` takes float64 images as they are (the bijections: their unclipped
+    #: float64 output abducts exactly); the others get float32.
+    exact_inputs: bool = False
+
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        """The values ``predict`` may return and ``abduct`` accepts: [0, 1] for most families; a
+        bijection's wider range, so that its own unclipped outputs abduct exactly."""
+        return (0.0, 1.0)
 
     def __init__(self, **option_defaults: Any):
         super().__init__()
@@ -189,8 +205,9 @@ class ImageMechanism(nn.Module):
 PIXEL_TOLERANCE = 1e-3
 
 
-def check_images(x: Tensor) -> None:
-    """Images are floating point, finite and in [0, 1]; the error says which and how to fix it."""
+def check_images(x: Tensor, pixel_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Images are floating point, finite and in [0, 1] (or a mechanism's ``pixel_range``); the
+    error says which and how to fix it."""
     if not x.is_floating_point():
         raise ValueError(
             f"images must be floating point in [0, 1], got {x.dtype}: convert 8-bit images with "
@@ -201,9 +218,17 @@ def check_images(x: Tensor) -> None:
         rows = (~finite).nonzero().flatten()[:5].tolist()
         raise ValueError(f"images {rows} hold NaN or infinite pixels")
     low, high = float(x.min()), float(x.max())
-    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+    bottom, top = pixel_range
+    if low < bottom - PIXEL_TOLERANCE or high > top + PIXEL_TOLERANCE:
         hint = ": 0-255 images need x / 255" if high > 2 else ""
-        raise ValueError(f"images must be in [0, 1], got pixels from {low:.4g} to {high:.4g}{hint}")
+        wider = (
+            f" (this model also takes its own unclipped outputs, in [{bottom:.4g}, {top:.4g}])"
+            if pixel_range != (0.0, 1.0)
+            else ""
+        )
+        raise ValueError(
+            f"images must be in [0, 1], got pixels from {low:.4g} to {high:.4g}{hint}{wider}"
+        )
 
 
 def _check_option(family: str, name: str, value: Any, default: Any) -> None:
@@ -272,14 +297,15 @@ def counterfactual(
     # The attributes' noise is abducted lazily by act(): only the recomputed descendants need it.
     noise = Exogenous(image=image_noise, attributes={})
     parents = scm.act(pa, resolved, noise.attributes)
-    image = mechanism.predict(image_noise, parents, frozenset(resolved), **options)
+    unclipped = mechanism.predict(image_noise, parents, frozenset(resolved), **options)
     return Counterfactual(
-        image=image,
+        image=unclipped.clamp(0.0, 1.0).float(),
         parents=parents,
         factual_image=x,
         factual_parents=dict(pa),
         noise=noise,
         do=resolved,
+        unclipped=unclipped,
     )
 
 
@@ -324,7 +350,7 @@ def sample(
     image_noise = mechanism.prior_noise(parents, **options)
     # every attribute is "set" for a sample: the mechanism takes them all as given
     image = mechanism.predict(image_noise, parents, frozenset(parents), **options)
-    return Samples(image=image, parents=parents, do=resolved)
+    return Samples(image=image.clamp(0.0, 1.0).float(), parents=parents, do=resolved)
 
 
 @dataclass(frozen=True)
@@ -571,8 +597,12 @@ class CounterfactualModel(pl.LightningModule):
                 f"expected images of shape (B, {', '.join(map(str, self.image_shape))}) in [0, 1] "
                 f"(this model was trained on '{self.dataset_name}'), got {tuple(x.shape)}"
             )
-        check_images(x)
-        return x.to(self.device, torch.float32), self.check_attributes(pa, len(x))
+        check_images(x, self.net.pixel_range)
+        # float64 stays for a mechanism that asks (a bijection's unclipped output, fed back)
+        dtype = (
+            torch.float64 if x.dtype == torch.float64 and self.net.exact_inputs else torch.float32
+        )
+        return x.to(self.device, dtype), self.check_attributes(pa, len(x))
 
     def check_attributes(self, pa: Mapping[str, Tensor], size: int) -> dict[str, Tensor]:
         """Validate ``size`` samples' attributes and move them to the model's device."""

@@ -167,21 +167,38 @@ class PixelFlow(nn.Module):
         """``u`` and ``log |det du/dy|`` (``(B,)``) for ``y = (255 x + offset) / 256``.
 
         ``offset``: uniform noise in [0, 1) to dequantise, or 0.5 (the bin centre) to abduct.
+        A float64 ``x`` (the unclipped output of :meth:`inverse`) keeps float64 through the logit.
         """
         y = (x * (_LEVELS - 1) + offset) / _LEVELS
         z, logit_ladj = self.logit.call_and_ladj(y)
-        latents, logdet = self.flow(z, context)
+        latents, logdet = self.flow(z.to(context.dtype), context)
         u = torch.cat([latent.flatten(1) for latent in latents], dim=1)
         return u, logdet + logit_ladj.flatten(1).sum(1)
 
     def inverse(self, u: Tensor, context: Tensor) -> Tensor:
-        """The images (not clipped to [0, 1]) of noise ``u``: the inverse of the bin-centre map."""
+        """The images (not clipped to [0, 1]) of noise ``u``: the inverse of the bin-centre map.
+
+        The sigmoid and the pixel map run in float64 (but on MPS, which has none): near the ends
+        of :attr:`pixel_range` a float32 pixel can't hold the logit it came from (below about -16
+        its rounding error is larger than the sigmoid), and abduction from it would miss.
+        """
         sizes = [math.prod(shape) for shape in self.shapes]
         latents = [
             part.reshape(len(u), *shape) for part, shape in zip(u.split(sizes, 1), self.shapes)
         ]
-        y = self.logit.inv(self.flow.inverse(latents, context))
+        z = self.flow.inverse(latents, context)
+        y = self.logit.inv(z if z.device.type == "mps" else z.double())
         return (y * _LEVELS - 0.5) / (_LEVELS - 1)
+
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        """The open interval :meth:`inverse` maps onto: the logit's margin and the bin centre's
+        half level put it just outside [0, 1] (by 0.058 at ``logit_alpha=0.05``)."""
+        margin = self.logit_alpha / (1 - 2 * self.logit_alpha)
+        return (
+            (-margin * _LEVELS - 0.5) / (_LEVELS - 1),
+            ((1 + margin) * _LEVELS - 0.5) / (_LEVELS - 1),
+        )
 
 
 @dataclass
@@ -194,6 +211,10 @@ class FlowNoise:
 class FlowImageMechanism(ImageMechanism):
     """``x = f^-1(u; pa)``: the conditional flow and its three steps, as a plain module.
 
+    ``predict`` returns the inverse unclipped, in float64 (:meth:`PixelFlow.inverse`);
+    :func:`~models.base.counterfactual` clips it for ``Counterfactual.image`` and keeps it as
+    ``Counterfactual.unclipped``, whose abduction recovers the noise exactly.
+
     Args:
         graph: the causal graph (its image parents condition every coupling).
         image_shape: ``(C, H, W)``.
@@ -202,15 +223,35 @@ class FlowImageMechanism(ImageMechanism):
             ``max_log_scale``).
     """
 
-    def __init__(self, graph, image_shape: Sequence[int], logit_alpha: float = 0.05, **flow: Any):
+    exact_inputs = True
+
+    def __init__(
+        self,
+        graph,
+        image_shape: Sequence[int],
+        logit_alpha: float = 0.05,
+        context: Sequence[str] | None = None,
+        **flow: Any,
+    ):
         super().__init__()
-        self.parents = ParentEncoder(graph, graph.image_parents)
+        self.parents = ParentEncoder(graph, graph.image_parents if context is None else context)
         self.flow = PixelFlow(image_shape, logit_alpha, context_dim=self.parents.dim, **flow)
+
+    # The flow's latent is the noise itself; a latent SCM over it (ILD) overrides these two.
+    def to_noise(self, z: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The exogenous noise of latent ``z = f(x)`` and ``log |det d noise / dz|``, ``(B,)``."""
+        return z, z.new_zeros(len(z))
+
+    def from_noise(self, u: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """The latent ``z`` of noise ``u``: the inverse of :meth:`to_noise`."""
+        return u
 
     def nll(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
         """Negative log-likelihood of the 8-bit images in nats, ``(B,)``: with uniform
         dequantisation, an upper bound (in expectation) of ``-log P(x)``."""
-        u, logdet = self.flow(x, self.parents(pa), offset=torch.rand_like(x))
+        z, logdet = self.flow(x, self.parents(pa), offset=torch.rand_like(x))
+        u, noise_logdet = self.to_noise(z, pa)
+        logdet = logdet + noise_logdet
         dims = u.shape[1]
         log_prior = -0.5 * (u**2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
         # The density of y in [0, 1)^D becomes one of the 8-bit values by y = (k + d) / 256.
@@ -224,8 +265,8 @@ class FlowImageMechanism(ImageMechanism):
         return nll / dims, {"bpd": nll / (dims * math.log(2))}
 
     def abduct(self, x: Tensor, pa: Mapping[str, Tensor]) -> FlowNoise:
-        u, _ = self.flow(x, self.parents(pa))
-        return FlowNoise(u)
+        z, _ = self.flow(x, self.parents(pa))
+        return FlowNoise(self.to_noise(z, pa)[0])
 
     def prior_noise(self, pa: Mapping[str, Tensor]) -> FlowNoise:
         """``u ~ N(0, I)``, the flow's base distribution."""
@@ -241,7 +282,12 @@ class FlowImageMechanism(ImageMechanism):
                 f"{type(self).__name__} needs a FlowNoise abducted by a flow, got "
                 f"{type(noise).__name__}"
             )
-        return self.flow.inverse(noise.u, self.parents(pa)).clamp(0.0, 1.0)
+        # Unclipped: counterfactual() clips what users see and keeps this for exact round trips.
+        return self.flow.inverse(self.from_noise(noise.u, pa), self.parents(pa))
+
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        return self.flow.pixel_range
 
     @torch.no_grad()
     def check_invertibility(
@@ -252,11 +298,13 @@ class FlowImageMechanism(ImageMechanism):
         Counterfactuals run in float32 (error ~1e-6); in float64 the error is ~1e-14, which proves
         the inverse is exact and that float32 rounding is the only error.
         """
-        flow = copy.deepcopy(self.flow).to(dtype)
-        context = self.parents(pa).to(dtype)
+        mechanism = copy.deepcopy(self).to(dtype)
+        context = mechanism.parents(pa).to(dtype)
         x = x.to(dtype)
-        u, _ = flow(x, context)
-        return (flow.inverse(u, context) - x).abs().max().item()
+        z, _ = mechanism.flow(x, context)
+        u, _ = mechanism.to_noise(z, pa)
+        back = mechanism.flow.inverse(mechanism.from_noise(u, pa), context)
+        return (back - x).abs().max().item()
 
 
 class ConditionalFlow(CounterfactualModel):
@@ -308,16 +356,19 @@ class ConditionalFlow(CounterfactualModel):
                 f"images of {height} x {width} can't be squeezed {scales} times: height and width "
                 f"must be divisible by 2^{scales}; use fewer scales"
             )
-        self.set_mechanism(
-            FlowImageMechanism(
-                self.graph,
-                self.image_shape,
-                logit_alpha,
-                scales=scales,
-                steps=steps,
-                hidden=hidden,
-                max_log_scale=max_log_scale,
-            )
+        self.set_mechanism(self.build_mechanism())
+
+    def build_mechanism(self) -> FlowImageMechanism:
+        """The image mechanism of the saved settings (``self.hparams``)."""
+        settings = self.hparams
+        return FlowImageMechanism(
+            self.graph,
+            self.image_shape,
+            settings.logit_alpha,
+            scales=settings.scales,
+            steps=settings.steps,
+            hidden=settings.hidden,
+            max_log_scale=settings.max_log_scale,
         )
 
     def check_invertibility(

@@ -12,6 +12,7 @@ from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel, read_checkpoi
 from models.diffae import DiffusionAutoencoder
 from models.flow import ConditionalFlow
 from models.hvae import HierarchicalVAE
+from models.ild import InvertibleLatentDomain
 from models.image_vae import ImageVAE
 from models.predictor import AttributePredictor
 from models.vae import ConditionalVAE
@@ -23,6 +24,7 @@ MODELS: dict[str, type[pl.LightningModule]] = {
         ConditionalVAE,
         HierarchicalVAE,
         ConditionalFlow,
+        InvertibleLatentDomain,
         DiffusionAutoencoder,
         AttributePredictor,
         ImageVAE,

@@ -71,3 +71,16 @@ def tiny_explorer(morpho, tiny_predictor):
         model.log_dict = lambda *args, **kwargs: None
         fit_briefly(model, morpho, steps=30)
     return Explorer(models, morpho, judges={"judge": tiny_predictor})
+
+
+@pytest.fixture(scope="session")
+def domains(data_dir):
+    """A tiny multi-domain Morpho-MNIST (plain, rotated, textured)."""
+    from datamodules import DomainMNISTDataModule
+
+    datamodule = DomainMNISTDataModule(
+        data_dir=str(data_dir), limit=TINY_DIGITS, batch_size=32, seed=0
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule

@@ -7,6 +7,7 @@ import itertools
 from models.diffae import DiffusionAutoencoder
 from models.flow import ConditionalFlow
 from models.hvae import HierarchicalVAE
+from models.ild import InvertibleLatentDomain
 from models.vae import ConditionalVAE
 
 #: Null-intervention bound of the tiny diffusion autoencoders, max absolute error on [0, 1]. DDIM
@@ -19,6 +20,35 @@ DIFFAE_NULL_BOUND = 0.5
 #: denoiser both need to leave their initialisation for the inversion to be near exact (after 15
 #: steps the latent design's null intervention was off by up to 0.69).
 DIFFAE_FIT_STEPS = 40
+
+
+def domain_of(graph) -> str:
+    """ILD's domain on a dataset: its ``domain`` variable, else its first categorical image parent
+    (Morpho-MNIST's digit: "this image, had it been another digit's domain")."""
+    if "domain" in graph:
+        return "domain"
+    categorical = [n for n in graph.image_parents if not graph[n].is_continuous]
+    if not categorical:
+        raise ValueError("ILD needs a categorical image parent as its domain")
+    return categorical[0]
+
+
+def tiny_ild(dm, **overrides) -> InvertibleLatentDomain:
+    settings = dict(
+        domain=domain_of(dm.graph),
+        intervention_dims=8,
+        domain_hidden=16,
+        scales=2,
+        steps=2,
+        hidden=8,
+        scm={"hidden": 16, "transforms": 2},
+    )
+    return InvertibleLatentDomain(
+        graph=dm.graph.to_dict(),
+        image_shape=dm.image_shape,
+        dataset=dm.name,
+        **{**settings, **overrides},
+    )
 
 
 def tiny_diffae(dm, **overrides) -> DiffusionAutoencoder:
@@ -84,6 +114,7 @@ FAMILIES = {
         ),
         1e-4,  # exact up to float32 rounding (~1e-6)
     ),
+    "ild": (tiny_ild, 1e-4),  # a flow too
     "diffae": (
         lambda dm: tiny_diffae(dm, causal_latent=False),
         DIFFAE_NULL_BOUND,

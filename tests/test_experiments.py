@@ -88,7 +88,7 @@ GROUP_OPTIONS = [
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
-def test_every_config_option_composes_and_builds(group, option, morpho, tmp_path):
+def test_every_config_option_composes_and_builds(group, option, morpho, domains, tmp_path):
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
     if option.endswith("_cf_morphomnist"):
         overrides.append("model.cf_finetune.init_ckpt=stage1.ckpt")
@@ -106,7 +106,7 @@ def test_every_config_option_composes_and_builds(group, option, morpho, tmp_path
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose(config, overrides=overrides)
     if group == "model" or group == "experiment":
-        model = _build_model(cfg.model, morpho)
+        model = _build_model(cfg.model, domains if option == "ild" else morpho)  # ILD: a domain
         assert type(model).__name__ == cfg.model._target_.rsplit(".", 1)[1]
     elif group == "trainer" and cfg.trainer.accelerator in ("cpu", "auto") and option != "auto":
         built = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)

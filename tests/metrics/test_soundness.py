@@ -20,7 +20,8 @@ class ShiftModel:
 
     def counterfactual(self, x, pa, do, **options):
         parents = {**pa, **{k: torch.as_tensor(v).expand(len(x)) for k, v in do.items()}}
-        return SimpleNamespace(image=x + self.step, parents=parents)
+        out = x + self.step
+        return SimpleNamespace(image=out.clamp(0, 1), unclipped=out, parents=parents)
 
 
 def test_l1_and_rmse_on_the_0_255_scale():

@@ -1,0 +1,250 @@
+"""Domain counterfactuals on multi-domain Morpho-MNIST, by domain pair, and ILD's intervention set.
+
+    python benchmarks/domains.py --zoo benchmarks/results/domains-2026-12-02/cpu2-x86_64-2026-12-02.json
+    python benchmarks/domains.py --sweep 1 16 256 1024 --minutes 3
+
+For every model and every (source, target) pair of domains, each test image of the source domain
+is sent to the target by do(domain=target) and compared with the true domain counterfactual that
+the datamodule renders: truth L1 (0-255), the held-out judge's domain accuracy on the
+counterfactual (it never trained a model here), and the reversibility of the round trip
+(do(domain=target), then back to the source, from ``Counterfactual.unclipped``). The summary
+splits the pairs where ILD's sparse-shift assumption holds (plain <-> rotated: one latent factor)
+from those where it fails (any pair with textured: every pixel's mechanism changes).
+
+``--zoo`` scores each family's seed-0 checkpoint of a ``benchmarks/zoo.py --data
+morphomnist_domains`` results file. ``--sweep K ...`` trains ILD with ``intervention_dims=K`` for
+``--minutes`` each (train.py, one after the other, in ``--work-dir``) and scores each: how the
+error changes with the size of the intervention set, from 1 latent dimension to all 1,024.
+Writes ``<out-dir>/<machine>-<date>-domains.json`` and ``.md``; a second call with the same file
+adds its models to it (the sweep's rows are named ``ild_k<K>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, run_train  # noqa: E402
+from zoo import git_commit, machine_name  # noqa: E402
+
+from datamodules import DomainMNISTDataModule  # noqa: E402
+from datamodules.domains import DOMAINS, SPARSE_DOMAINS  # noqa: E402
+from metrics.judges import load_or_train_predictor  # noqa: E402
+from metrics.soundness import l1  # noqa: E402
+from models import load_model  # noqa: E402
+from models.baselines import IdentityModel, OracleModel  # noqa: E402
+
+DATA_SEED = 0
+
+
+def pair_name(source: int, target: int) -> str:
+    return f"{DOMAINS[source]} -> {DOMAINS[target]}"
+
+
+def is_sparse(source: int, target: int) -> bool:
+    return DOMAINS[source] in SPARSE_DOMAINS and DOMAINS[target] in SPARSE_DOMAINS
+
+
+@torch.inference_mode()
+def score_domains(model, datamodule, judge, batch_size: int = 250) -> dict:
+    """Per (source, target) pair: median and mean truth L1, domain accuracy, reversibility."""
+    test = datamodule.test_set
+    per_pair: dict[str, dict[str, list[float]]] = {}
+    for start in range(0, len(test), batch_size):
+        batch = test.batch(range(start, min(start + batch_size, len(test))))
+        x, pa, index = batch["x"], batch["pa"], batch["index"]
+        for target in range(len(DOMAINS)):
+            moved = pa["domain"] != target
+            if not moved.any():
+                continue
+            rows = moved.nonzero().flatten()
+            xs, pas, ids = x[rows], {k: v[rows] for k, v in pa.items()}, index[rows]
+            do = {"domain": torch.full_like(pas["domain"], target)}
+            cf = model.counterfactual(xs, pas, do, sample_ids=ids)
+            truth, _ = datamodule.true_counterfactual(ids, do)
+            error = l1(cf.image, truth)
+            judged = judge(cf.image.to(judge.device))["domain"].cpu() == target
+            back = model.counterfactual(
+                cf.unclipped, cf.parents, {"domain": pas["domain"]}, sample_ids=ids
+            )
+            reversal = l1(back.image, xs)
+            for n, source in enumerate(pas["domain"].tolist()):
+                entry = per_pair.setdefault(
+                    pair_name(source, target), {"l1": [], "accuracy": [], "reversibility": []}
+                )
+                entry["l1"].append(float(error[n]))
+                entry["accuracy"].append(float(judged[n]))
+                entry["reversibility"].append(float(reversal[n]))
+    out = {}
+    for name, values in per_pair.items():
+        out[name] = {
+            "n": len(values["l1"]),
+            "truth L1 median": statistics.median(values["l1"]),
+            "truth L1 mean": statistics.fmean(values["l1"]),
+            "domain accuracy": statistics.fmean(values["accuracy"]),
+            "reversibility mean": statistics.fmean(values["reversibility"]),
+        }
+    for label, keep in (("sparse pairs", True), ("dense pairs", False)):
+        names = [
+            pair_name(s, t)
+            for s in range(len(DOMAINS))
+            for t in range(len(DOMAINS))
+            if s != t and is_sparse(s, t) == keep
+        ]
+        total = sum(out[n]["n"] for n in names)
+        out[label] = {
+            key: sum(out[n][key] * out[n]["n"] for n in names) / total
+            for key in ("truth L1 mean", "domain accuracy", "reversibility mean")
+        }
+        out[label]["n"] = total
+    return out
+
+
+def markdown(results: dict) -> str:
+    settings = results["settings"]
+    lines = [
+        f"# Domain counterfactuals by domain pair: {settings['machine']}, {settings['date']}",
+        "",
+        f"Commands: {'; '.join(f'`{c}`' for c in settings['commands'])}",
+        "",
+        "Truth L1 (0-255, mean over the source domain's test images) of do(domain = target) "
+        "against the true domain counterfactual; the held-out judge's domain accuracy on it; "
+        "reversibility (there and back, from the unclipped counterfactual). Sparse pairs: "
+        "plain <-> rotated, where ILD's sparse-shift assumption holds; dense pairs: every pair "
+        "with textured, where it fails.",
+        "",
+    ]
+    models = results["models"]
+    names = list(models)
+    pairs = [pair_name(s, t) for s in range(len(DOMAINS)) for t in range(len(DOMAINS)) if s != t]
+    header = "| metric | " + " | ".join(names) + " |"
+    lines += [header, "|---" * (len(names) + 1) + "|"]
+    for group in ("sparse pairs", "dense pairs"):
+        for key, fmt in (
+            ("truth L1 mean", "{:.2f}"),
+            ("domain accuracy", "{:.1%}"),
+            ("reversibility mean", "{:.2g}"),
+        ):
+            cells = [fmt.format(models[n]["scores"][group][key]) for n in names]
+            lines.append(f"| {key}, {group} | " + " | ".join(cells) + " |")
+    for pair in pairs:
+        cells = [f"{models[n]['scores'][pair]['truth L1 mean']:.2f}" for n in names]
+        lines.append(f"| truth L1, {pair} | " + " | ".join(cells) + " |")
+    for pair in pairs:
+        cells = [f"{models[n]['scores'][pair]['domain accuracy']:.1%}" for n in names]
+        lines.append(f"| domain accuracy, {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | commit | checkpoint | intervention_dims | training minutes |"]
+    lines.append("|---|---|---|---|---|")
+    for name in names:
+        entry = models[name]
+        lines.append(
+            f"| {name} | {entry['commit']} | `{entry['checkpoint']}` | "
+            f"{entry.get('intervention_dims', 'n/a')} | {entry.get('minutes', 'n/a')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/domains.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--zoo", help="a zoo.py results file of --data morphomnist_domains")
+    parser.add_argument("--sweep", type=int, nargs="+", default=[], help="ILD intervention_dims")
+    parser.add_argument(
+        "--minutes", type=float, default=3.0, help="training budget per sweep model"
+    )
+    parser.add_argument("--data-dir", default=str(ROOT / "data"))
+    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "domains"))
+    parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--machine", default=machine_name())
+    parser.add_argument("--date", default=datetime.date.today().isoformat())
+    args = parser.parse_args(argv)
+    if not args.zoo and not args.sweep:
+        parser.error("give --zoo FILE and/or --sweep K [K ...]")
+    if any(k < 1 or k > 1024 for k in args.sweep):
+        parser.error(f"--sweep takes intervention_dims from 1 to 1024, got {args.sweep}")
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{args.machine}-{args.date}-domains"
+    json_path = stem.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {"models": {}}
+    command = "python benchmarks/domains.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["settings"] = {
+        "machine": args.machine,
+        "date": args.date,
+        "commands": [*results.get("settings", {}).get("commands", []), command],
+    }
+    commit = git_commit()
+    datamodule = DomainMNISTDataModule(data_dir=args.data_dir, seed=DATA_SEED)
+    datamodule.setup()
+    judge, source = load_or_train_predictor(datamodule, role="heldout", progress=False)
+    results["judge"] = source
+
+    todo: list[tuple[str, str, dict]] = []
+    if args.zoo:
+        zoo = json.loads(Path(args.zoo).read_text())
+        for name, entry in zoo["models"].items():
+            row = next((r for r in entry["rows"] if r["seed"] == 0 and "checkpoint" in r), None)
+            if row is not None:
+                minutes = row["metrics"].get("training minutes")
+                todo.append((name, row["checkpoint"], {"minutes": minutes}))
+    workdir = Path(args.work_dir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for k in args.sweep:
+        print(f"training ild with intervention_dims={k} for {args.minutes} minutes", flush=True)
+        seconds = int(round(args.minutes * 60))
+        trained = run_train(
+            workdir,
+            [
+                "model=ild",
+                "data=morphomnist_domains",
+                f"data.data_dir={args.data_dir}",
+                f"data.seed={DATA_SEED}",
+                f"model.intervention_dims={k}",
+                "seed=0",
+                f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
+                "trainer.max_epochs=100000",
+            ],
+            run=f"ild_k{k}",
+        )
+        extra = {"minutes": args.minutes, "intervention_dims": k}
+        todo.append((f"ild_k{k}", trained["checkpoint"], extra))
+
+    if args.zoo:  # the references: the floor (0 by construction) and a model that ignores do
+        todo += [("oracle", "", {}), ("identity", "", {})]
+    for name, checkpoint, extra in todo:
+        print(f"scoring {name}", flush=True)
+        references = {"oracle": OracleModel, "identity": IdentityModel}
+        if name in references:
+            model = references[name](datamodule).eval()
+        else:
+            model = load_model(checkpoint).eval()
+        if "intervention_dims" not in extra and "intervention_dims" in getattr(
+            model, "hparams", {}
+        ):
+            extra["intervention_dims"] = model.hparams.intervention_dims
+        results["models"][name] = {
+            "checkpoint": checkpoint,
+            "commit": commit,
+            **extra,
+            "scores": score_domains(model, datamodule, judge),
+        }
+        json_path.write_text(json.dumps(results, indent=2))
+        stem.with_suffix(".md").write_text(markdown(results))
+    print(stem.with_suffix(".md").read_text())
+    return stem.with_suffix(".md")
+
+
+if __name__ == "__main__":
+    main()
