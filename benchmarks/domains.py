@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for k in args.sweep:
-        print(f"training ild with intervention_dims={k} for {args.minutes} minutes", flush=True)
+        name = "_".join([f"ild_k{k}", *(o.split(".")[-1] for o in args.ild_override)])
+        print(f"training {name} for {args.minutes} minutes", flush=True)
         seconds = int(round(args.minutes * 60))
         trained = run_train(
             workdir,
@@ -212,14 +213,15 @@ def main(argv: list[str] | None = None) -> Path:
                 f"data.data_dir={args.data_dir}",
                 f"data.seed={DATA_SEED}",
                 f"model.intervention_dims={k}",
+                *args.ild_override,
                 "seed=0",
                 f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
                 "trainer.max_epochs=100000",
             ],
-            run=f"ild_k{k}",
+            run=name,
         )
         extra = {"minutes": args.minutes, "intervention_dims": k}
-        todo.append((f"ild_k{k}", trained["checkpoint"], extra))
+        todo.append((name, trained["checkpoint"], extra))
 
     if args.zoo:  # the references: the floor (0 by construction) and a model that ignores do
         todo += [("oracle", "", {}), ("identity", "", {})]

@@ -249,13 +249,17 @@ class FlowImageMechanism(ImageMechanism):
     def nll(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
         """Negative log-likelihood of the 8-bit images in nats, ``(B,)``: with uniform
         dequantisation, an upper bound (in expectation) of ``-log P(x)``."""
+        return self.nll_and_latent(x, pa)[0]
+
+    def nll_and_latent(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`nll` and the dequantised image's latent ``z = f(x)``, ``(B, D)``."""
         z, logdet = self.flow(x, self.parents(pa), offset=torch.rand_like(x))
         u, noise_logdet = self.to_noise(z, pa)
         logdet = logdet + noise_logdet
         dims = u.shape[1]
         log_prior = -0.5 * (u**2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
         # The density of y in [0, 1)^D becomes one of the 8-bit values by y = (k + d) / 256.
-        return -(log_prior + logdet) + dims * math.log(_LEVELS)
+        return -(log_prior + logdet) + dims * math.log(_LEVELS), z
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The exact negative log-likelihood per dimension."""

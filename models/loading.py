@@ -35,7 +35,8 @@ MODELS: dict[str, type[pl.LightningModule]] = {
 #: Hyperparameters added after checkpoints were already written, with the value those earlier
 #: checkpoints were trained under (a newer default would build another model from them).
 ADDED_LATER: dict[str, dict[str, object]] = {
-    "DiffusionAutoencoder": {"semantic_kl": 0.0, "autoencoder": None}
+    "DiffusionAutoencoder": {"semantic_kl": 0.0, "autoencoder": None},
+    "InvertibleLatentDomain": {"domain_weight": 0.0},
 }
 
 
