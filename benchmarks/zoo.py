@@ -80,6 +80,10 @@ REFERENCES = (ORACLE, "identity")
 GRID_INTERVENTIONS = ("thickness", "intensity", "digit", "domain")
 #: Datasets the leaderboard runs on: the synthetic ones, which render the true counterfactual.
 DATASETS = ("morphomnist", "morphomnist_domains")
+DATA_NAMES = {
+    "morphomnist": "embedded Morpho-MNIST",
+    "morphomnist_domains": "embedded multi-domain Morpho-MNIST (plain, rotated, textured)",
+}
 
 
 # -- provenance ------------------------------------------------------------------------------------
@@ -367,11 +371,12 @@ def notes(results: dict, settings: dict, models: dict) -> str:
             "embedded Morpho-MNIST, then scored by evaluate.py at the commits listed below, by "
             "the one anti-causal predictor of those commits (no held-out judge yet)."
         )
+    data = DATA_NAMES[settings.get("data", DATASETS[0])]
     return (
-        f"Each model trained for {settings['minutes']:g} min of wall time per seed on embedded "
-        "Morpho-MNIST (mean ± std over the training seeds listed below, when more than one; every "
+        f"Each model trained for {settings['minutes']:g} min of wall time per seed on {data} "
+        "(mean ± std over the training seeds listed below, when more than one; every "
         "seed on the same data, data.seed=0), then scored by evaluate.py on the test split. Pixel "
-        "errors are on the 0-255 scale. Effectiveness is the MAE (continuous) or accuracy (digit) "
+        "errors are on the 0-255 scale. Effectiveness is the MAE (continuous) or accuracy (categorical) "
         "of a judge on the counterfactual against its intended attributes, by two judges: the "
         f"held-out judge (role `{heldout.get('role', 'heldout')}`: "
         f"{_settings_text(heldout.get('settings')) or 'see metrics/judges.py'}), which no model "
@@ -609,9 +614,11 @@ def main(argv: list[str] | None = None) -> Path:
                 "date": date,
                 "minutes": args.minutes,
                 "seeds": args.seeds,
+                "data": args.data,
                 "command": command,
             }
         settings = results["settings"]
+        settings.setdefault("data", args.data)  # files written before --data are Morpho-MNIST's
         for entry in results["models"].values():
             entry["summary"] = summarise(entry["rows"])
         json_path.write_text(json.dumps(results, indent=2))

@@ -125,7 +125,7 @@ class ILDImageMechanism(FlowImageMechanism):
         domain: str = "domain",
         intervention_dims: int = 16,
         domain_hidden: int = 64,
-        domain_weight: float = 1000.0,
+        domain_weight: float = 0.0,
         logit_alpha: float = 0.05,
         **flow: Any,
     ):
@@ -179,10 +179,11 @@ class ILDImageMechanism(FlowImageMechanism):
         ``p(d | x) = p(x | d) / sum_d' p(x | d')``: no network of its own, only the latent SCM.
         Why: ``log p(x, d) = log p(x) + log p(d | x)``, and the second term is at most
         ``log(domains)`` nats of an image's thousands, so maximum likelihood alone barely teaches
-        ``g`` to put the domain into the intervention set (at 3 minutes on the CPU the domain
-        counterfactuals stayed at chance). Weighting it, as hybrid generative-discriminative flows
-        do (Nalisnick et al., ICML 2019), keeps the model and its counterfactuals what they were
-        and only changes what the fit attends to.
+        ``g`` to put the domain into the intervention set. Weighting it, as hybrid
+        generative-discriminative flows do (Nalisnick et al., ICML 2019), keeps the model what it
+        was and only changes what the fit attends to. It makes the intervention set predict the
+        domain, but that is not enough for do(domain) to change the image's domain: see
+        ``benchmarks/results/domains-2026-12-02/notes.md``, and the default of 0.
         """
         nll, z = self.nll_and_latent(x, pa)
         dims = x[0].numel()
@@ -241,7 +242,7 @@ class InvertibleLatentDomain(ConditionalFlow):
         domain: str = "domain",
         intervention_dims: int = 16,
         domain_hidden: int = 64,
-        domain_weight: float = 1000.0,
+        domain_weight: float = 0.0,
         scales: int = 3,
         steps: int = 8,
         hidden: int = 64,
