@@ -163,6 +163,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--minutes", type=float, default=3.0, help="training budget per sweep model"
     )
+    parser.add_argument(
+        "--ild-override",
+        action="append",
+        default=[],
+        help="a train.py override of the sweep's ILD runs (named in their rows), e.g. "
+        "model.domain_weight=1000",
+    )
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "domains"))
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
