@@ -209,7 +209,10 @@ def main(argv: list[str] | None = None) -> Path:
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for k in args.sweep:
-        name = "_".join([f"ild_k{k}", *(o.split(".")[-1] for o in args.ild_override)])
+        # a run directory's name can't hold "=" (Hydra's override grammar)
+        name = "_".join(
+            [f"ild_k{k}", *(o.split(".")[-1].replace("=", "") for o in args.ild_override)]
+        )
         print(f"training {name} for {args.minutes} minutes", flush=True)
         seconds = int(round(args.minutes * 60))
         trained = run_train(

@@ -99,7 +99,9 @@ class Counterfactual:
             ``image`` only for the bijective families (flow, ILD), whose inverse can stray just
             outside [0, 1] (see ``ImageMechanism.pixel_range``). Feed it back to
             ``counterfactual`` for an exact round trip: abduction from the clipped ``image``
-            recovers a slightly different noise.
+            recovers a slightly different noise. Exact while the flow's inverse stays within
+            about +-35 in logit space, beyond which no float64 pixel holds the logit (see
+            ``benchmarks/results/domains-2026-12-02/notes.md``).
     """
 
     image: Tensor
