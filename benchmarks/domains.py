@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> Path:
         help="a train.py override of the sweep's ILD runs (named in their rows), e.g. "
         "model.domain_weight=1000",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed of the sweep's runs (named when not 0)"
+    )
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "domains"))
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -211,7 +214,11 @@ def main(argv: list[str] | None = None) -> Path:
     for k in args.sweep:
         # a run directory's name can't hold "=" (Hydra's override grammar)
         name = "_".join(
-            [f"ild_k{k}", *(o.split(".")[-1].replace("=", "") for o in args.ild_override)]
+            [
+                f"ild_k{k}",
+                *(o.split(".")[-1].replace("=", "") for o in args.ild_override),
+                *([f"seed{args.seed}"] if args.seed else []),
+            ]
         )
         print(f"training {name} for {args.minutes} minutes", flush=True)
         seconds = int(round(args.minutes * 60))
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> Path:
                 f"data.seed={DATA_SEED}",
                 f"model.intervention_dims={k}",
                 *args.ild_override,
-                "seed=0",
+                f"seed={args.seed}",
                 f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
                 "trainer.max_epochs=100000",
             ],
