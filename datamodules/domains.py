@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from datamodules.base import CATEGORICAL, CausalGraph, Intervention, Variable
@@ -136,13 +135,11 @@ class DomainMNISTDataModule(MorphoMNISTDataModule):
         attributes["domain"] = resolved.get("domain", factual["domain"]).long()
         return attributes
 
-    def render(self, index: Tensor, attributes: Mapping[str, Tensor]) -> Tensor:
+    def render_array(self, index: Tensor, attributes: Mapping[str, Tensor]) -> np.ndarray:
         """Sample ``index``'s source digit at the given attributes, seen in ``attributes["domain"]``
-        (default: each sample's own); bit for bit the stored image when nothing changed."""
-        plain = super().render(index, attributes)
+        (default: each sample's own), as ``(B, 32, 32)`` uint8; bit for bit the stored image when
+        nothing changed."""
         domain = attributes.get("domain")
         if domain is None:
             domain = self.attributes(index)["domain"]
-        stack = np.rint(plain.squeeze(1).cpu().numpy() * 255).astype(np.uint8)
-        images = apply_domains(stack, domain.cpu().numpy())
-        return torch.from_numpy(images[:, None]).float().div_(255.0).to(plain.device)
+        return apply_domains(super().render_array(index, attributes), domain.cpu().numpy())

@@ -339,9 +339,14 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
             ``(B, 1, 32, 32)`` images in [0, 1] on the device of ``attributes``; a sample whose
             attributes equal its stored ones gets its stored image, bit for bit.
         """
+        images = self.render_array(index, attributes)
+        device = attributes["thickness"].device
+        return torch.from_numpy(images[:, None]).float().div_(255.0).to(device)
+
+    def render_array(self, index: Tensor, attributes: Mapping[str, Tensor]) -> np.ndarray:
+        """:meth:`render`'s images as ``(B, 32, 32)`` uint8, as the dataset stores them."""
         arrays = self.load()
         rows = torch.as_tensor(index, dtype=torch.long).cpu().numpy()
-        device = attributes["thickness"].device
         thickness = attributes["thickness"].float().cpu().numpy()
         intensity = attributes["intensity"].float().cpu().numpy()
         images = arrays[self.rendered_key][rows].copy()
@@ -356,7 +361,7 @@ class MorphoMNISTDataModule(CachedArrayDataModule):
                 intensity[changed],
                 workers=self.generation_workers,
             )
-        return torch.from_numpy(images[:, None]).float().div_(255.0).to(device)
+        return images
 
     def measure_attributes(self, images: Tensor) -> dict[str, Tensor]:
         """Model-free judge: thickness and intensity measured by morphometry, natural units."""
