@@ -201,6 +201,14 @@ class PixelFlow(nn.Module):
         )
 
 
+def per_dimension(nll: Tensor, dims: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """A mean NLL in nats as the loss per dimension and its bits per dimension, for the logs.
+
+    Per-dimension units keep the learning rate independent of the image size.
+    """
+    return nll / dims, {"bpd": nll / (dims * math.log(2))}
+
+
 @dataclass
 class FlowNoise:
     """The image's exogenous noise under the flow: ``u = f(x; pa)``, ``(B, C * H * W)``."""
@@ -263,10 +271,7 @@ class FlowImageMechanism(ImageMechanism):
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The exact negative log-likelihood per dimension."""
-        nll = self.nll(x, pa).mean()
-        dims = x[0].numel()
-        # Per-dimension units keep the learning rate independent of the image size.
-        return nll / dims, {"bpd": nll / (dims * math.log(2))}
+        return per_dimension(self.nll(x, pa).mean(), x[0].numel())
 
     def abduct(self, x: Tensor, pa: Mapping[str, Tensor]) -> FlowNoise:
         z, _ = self.flow(x, self.parents(pa))
@@ -360,20 +365,17 @@ class ConditionalFlow(CounterfactualModel):
                 f"images of {height} x {width} can't be squeezed {scales} times: height and width "
                 f"must be divisible by 2^{scales}; use fewer scales"
             )
-        self.set_mechanism(self.build_mechanism())
-
-    def build_mechanism(self) -> FlowImageMechanism:
-        """The image mechanism of the saved settings (``self.hparams``)."""
-        settings = self.hparams
-        return FlowImageMechanism(
-            self.graph,
-            self.image_shape,
-            settings.logit_alpha,
-            scales=settings.scales,
-            steps=settings.steps,
-            hidden=settings.hidden,
-            max_log_scale=settings.max_log_scale,
+        self.set_mechanism(
+            self.mechanism_class(self.graph, self.image_shape, **self.mechanism_settings())
         )
+
+    #: The image mechanism this module wraps (a variant of the family subclasses both).
+    mechanism_class = FlowImageMechanism
+
+    def mechanism_settings(self) -> dict[str, Any]:
+        """The mechanism's settings, from the saved hyperparameters."""
+        names = ("logit_alpha", "scales", "steps", "hidden", "max_log_scale")
+        return {name: self.hparams[name] for name in names}
 
     def check_invertibility(
         self, x: Tensor, pa: Mapping[str, Tensor], dtype: torch.dtype = torch.float64

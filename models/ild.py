@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.flow import ConditionalFlow, FlowImageMechanism
+from models.flow import ConditionalFlow, FlowImageMechanism, per_dimension
 
 __all__ = ["DomainMechanisms", "ILDImageMechanism", "InvertibleLatentDomain"]
 
@@ -162,13 +162,11 @@ class ILDImageMechanism(FlowImageMechanism):
         """``log p(x | d)`` for every domain ``d`` up to a constant shared by all of them,
         ``(B, domains)``: ``g`` is the same map for all, so only the intervention set's density
         differs."""
-        shared, intervened = self.split(z)
         scores = []
         for domain in range(self.mechanisms.num_domains):
             ids = torch.full((len(z),), domain, device=z.device, dtype=torch.long)
-            shift, log_scale = self.mechanisms(shared, ids)
-            noise = (intervened - shift) * torch.exp(-log_scale)
-            scores.append(-0.5 * (noise**2).sum(1) - log_scale.sum(1))
+            noise, logdet = self.to_noise(z, {self.domain: ids})
+            scores.append(-0.5 * (self.split(noise)[1] ** 2).sum(1) + logdet)
         return torch.stack(scores, dim=1)
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -187,9 +185,7 @@ class ILDImageMechanism(FlowImageMechanism):
         """
         nll, z = self.nll_and_latent(x, pa)
         dims = x[0].numel()
-        nll = nll.mean()
-        logs = {"bpd": nll / (dims * math.log(2))}
-        loss = nll / dims
+        loss, logs = per_dimension(nll.mean(), dims)
         if self.domain_weight > 0:
             scores = self.domain_scores(z)
             target = pa[self.domain].long()
@@ -270,18 +266,8 @@ class InvertibleLatentDomain(ConditionalFlow):
             cf_finetune=cf_finetune,
         )
 
-    def build_mechanism(self) -> ILDImageMechanism:
-        settings = self.hparams
-        return ILDImageMechanism(
-            self.graph,
-            self.image_shape,
-            domain=settings.domain,
-            intervention_dims=settings.intervention_dims,
-            domain_hidden=settings.domain_hidden,
-            domain_weight=settings.domain_weight,
-            logit_alpha=settings.logit_alpha,
-            scales=settings.scales,
-            steps=settings.steps,
-            hidden=settings.hidden,
-            max_log_scale=settings.max_log_scale,
-        )
+    mechanism_class = ILDImageMechanism
+
+    def mechanism_settings(self) -> dict[str, Any]:
+        names = ("domain", "intervention_dims", "domain_hidden", "domain_weight")
+        return {**super().mechanism_settings(), **{name: self.hparams[name] for name in names}}
