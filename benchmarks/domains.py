@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, run_train  # noqa: E402
-from zoo import git_commit, machine_name  # noqa: E402
+from common import ROOT  # noqa: E402
+from zoo import git_commit, machine_name, train_with_budget  # noqa: E402
 
 from datamodules import DomainMNISTDataModule  # noqa: E402
 from datamodules.domains import DOMAINS, SPARSE_DOMAINS  # noqa: E402
@@ -221,19 +221,17 @@ def main(argv: list[str] | None = None) -> Path:
             ]
         )
         print(f"training {name} for {args.minutes} minutes", flush=True)
-        seconds = int(round(args.minutes * 60))
-        trained = run_train(
+        trained = train_with_budget(
             workdir,
+            "ild",
+            args.seed,
+            args.minutes,
             [
-                "model=ild",
                 "data=morphomnist_domains",
                 f"data.data_dir={args.data_dir}",
                 f"data.seed={DATA_SEED}",
                 f"model.intervention_dims={k}",
                 *args.ild_override,
-                f"seed={args.seed}",
-                f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
-                "trainer.max_epochs=100000",
             ],
             run=name,
         )

@@ -121,9 +121,16 @@ def config_key(config: dict) -> str:
 
 # -- one model -------------------------------------------------------------------------------------
 def train_with_budget(
-    workdir: Path, family: str, seed: int, minutes: float, overrides: list[str]
+    workdir: Path,
+    family: str,
+    seed: int,
+    minutes: float,
+    overrides: list[str],
+    run: str | None = None,
 ) -> dict:
-    """Run train.py for ``minutes`` of wall time; return the checkpoint, steps, img/s, peak RSS."""
+    """Run train.py for ``minutes`` of wall time; return the checkpoint, steps, img/s, peak RSS.
+
+    ``run`` names its directory (default ``<family>-seed<seed>``)."""
     seconds = max(1, int(round(minutes * 60)))
     budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     trained = run_train(
@@ -135,7 +142,7 @@ def train_with_budget(
             "trainer.max_epochs=100000",
             *overrides,
         ],
-        run=f"{family}-seed{seed}",
+        run=run or f"{family}-seed{seed}",
     )
     trained["train_images_per_second"] = trained["steps"] * trained["batch_size"] / seconds
     return trained
