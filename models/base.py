@@ -372,6 +372,9 @@ class FineTuning:
         slack: nats per dimension the likelihood loss may lose.
         lagrange_lr: step of the multiplier's gradient ascent.
         lagrange_init: the multiplier's start.
+        interventions: the attributes a fine-tuning step may intervene on (one per step),
+            with the probability of each: a list of names (equal weights) or a mapping of names
+            to weights; ``None``: every attribute the model may intervene on, equally often.
     """
 
     init_ckpt: str | None = None
@@ -379,6 +382,7 @@ class FineTuning:
     slack: float = 0.0025
     lagrange_lr: float = 1.0
     lagrange_init: float = 1.0
+    interventions: dict[str, float] | None = None
 
     #: names of checkpoints written before the fine-tuning task was shared by every family
     _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
@@ -392,12 +396,35 @@ class FineTuning:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"cf_finetune has no setting(s) {unknown}; it takes {sorted(known)}")
+        if settings.get("interventions") is not None:
+            settings["interventions"] = cls._intervention_weights(settings["interventions"])
         parsed = cls(**settings)
         if parsed.slack < 0 or parsed.lagrange_lr < 0 or parsed.lagrange_init < 0:
             raise ValueError(
                 f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
             )
         return parsed
+
+    @staticmethod
+    def _intervention_weights(interventions: Any) -> dict[str, float]:
+        """A list of names (equal weights) or a mapping name -> weight, as name -> weight."""
+        if isinstance(interventions, Mapping):
+            weights = {str(k): v for k, v in interventions.items()}
+        elif isinstance(interventions, Sequence) and not isinstance(interventions, str):
+            weights = {str(name): 1.0 for name in interventions}
+        else:
+            weights = {}
+        valid = all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+            for w in weights.values()
+        )
+        if not weights or not valid or not sum(weights.values()) > 0:
+            raise ValueError(
+                "cf_finetune's interventions must be a list of attribute names, e.g. [digit, "
+                "thickness], or a mapping of names to weights >= 0 that are not all 0, e.g. "
+                f"{{digit: 2, thickness: 1, intensity: 1}}; got {interventions!r}"
+            )
+        return {name: float(w) for name, w in weights.items()}
 
 
 def judge_loss(judge: nn.Module, images: Tensor, target: Mapping[str, Tensor]) -> Tensor:
@@ -717,6 +744,7 @@ class CounterfactualModel(pl.LightningModule):
                 f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
+        self.finetuning_interventions()  # unknown names fail before any work
         migrate_checkpoint(checkpoint)
         missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
         if missing or unexpected:
@@ -753,6 +781,35 @@ class CounterfactualModel(pl.LightningModule):
         )
         return cf_loss + self.lagrange * violation, logs
 
+    def finetuning_interventions(self) -> dict[str, float]:
+        """Each attribute counterfactual fine-tuning intervenes on, with its probability
+        (:attr:`FineTuning.interventions`).
+
+        Raises:
+            ValueError: a name the model can't intervene on.
+        """
+        allowed = tuple(self.intervenable or self.graph.names)
+        chosen = self.finetuning.interventions if self.finetuning is not None else None
+        if chosen is None:
+            return {name: 1.0 / len(allowed) for name in allowed}
+        unknown = sorted(set(chosen) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"cf_finetune.interventions names {unknown}, which this model can't intervene "
+                f"on; choose among {', '.join(allowed)}"
+            )
+        total = sum(chosen.values())
+        return {name: weight / total for name, weight in chosen.items() if weight > 0}
+
+    def finetuning_do(self, pa: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """One fine-tuning intervention: an attribute drawn by :meth:`finetuning_interventions`,
+        set to the values of a permutation of the batch (its marginal)."""
+        chances = self.finetuning_interventions()
+        names = list(chances)
+        name = names[int(torch.multinomial(torch.tensor(list(chances.values())), 1))]
+        values = pa[name]
+        return {name: values[torch.randperm(len(values), device=values.device)]}
+
     def counterfactual_loss(self, batch: Mapping[str, Any]) -> Tensor:
         """The judge's loss on differentiable counterfactuals of one random intervention.
 
@@ -764,10 +821,7 @@ class CounterfactualModel(pl.LightningModule):
         if self._judge is None:
             raise ValueError("no judge attached: call model.attach_judge(judge, source) first")
         x, pa = batch["x"], batch["pa"]
-        names = self.intervenable or self.graph.names
-        name = names[int(torch.randint(len(names), ()))]
-        do = {name: pa[name][torch.randperm(len(x), device=x.device)]}
-        cf = counterfactual(self.net, self.scm, x, pa, do)
+        cf = counterfactual(self.net, self.scm, x, pa, self.finetuning_do(pa))
         judge = self._judge.to(x.device)
         return judge_loss(judge, cf.image, {k: v.detach() for k, v in cf.parents.items()})
 

@@ -142,3 +142,37 @@ def test_settings_of_checkpoints_from_before_the_shared_task_still_parse(morpho)
         "hvae", morpho, cf_finetune={"init_ckpt": "x", "elbo_slack": 0.01, "predictor_ckpt": "j"}
     )
     assert model.finetuning.slack == 0.01 and model.finetuning.judge_ckpt == "j"
+
+
+def test_finetuning_intervenes_on_the_chosen_attributes_as_often_as_weighted(morpho):
+    pa = next(iter(morpho.train_dataloader()))["pa"]
+    every = tiny("vae", morpho, cf_finetune={"init_ckpt": "x"})
+    assert every.finetuning_interventions() == {name: 1 / 3 for name in every.graph.names}
+    weighted = tiny(
+        "vae", morpho, cf_finetune={"init_ckpt": "x", "interventions": {"digit": 3, "thickness": 1}}
+    )
+    torch.manual_seed(0)
+    drawn = [next(iter(weighted.finetuning_do(pa))) for _ in range(400)]
+    assert set(drawn) == {"digit", "thickness"}
+    assert abs(drawn.count("digit") / 400 - 0.75) < 0.07, drawn.count("digit")
+    do = weighted.finetuning_do(pa)
+    ((name, values),) = do.items()
+    # the batch's own values, permuted: the intervention follows the attributes' marginal
+    assert torch.equal(values.sort().values, pa[name].sort().values)
+    listed = tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "interventions": ["digit"]})
+    assert listed.finetuning_interventions() == {"digit": 1.0}
+
+
+@pytest.mark.parametrize(
+    "interventions, message",
+    [
+        (["colour"], r"names \['colour'\], which this model can't intervene on"),
+        ("digit", "must be a list of attribute names"),
+        ({"digit": -1}, "weights >= 0"),
+        ({"digit": 0, "thickness": 0}, "not all 0"),
+    ],
+)
+def test_bad_finetuning_interventions_are_named(morpho, interventions, message):
+    settings = {"init_ckpt": "x", "interventions": interventions}
+    with pytest.raises(ValueError, match=message):  # on building the model, or before training
+        tiny("vae", morpho, cf_finetune=settings).finetuning_interventions()
