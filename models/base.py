@@ -805,8 +805,11 @@ class CounterfactualModel(pl.LightningModule):
         """One fine-tuning intervention: an attribute drawn by :meth:`finetuning_interventions`,
         set to the values of a permutation of the batch (its marginal)."""
         chances = self.finetuning_interventions()
-        names = list(chances)
-        name = names[int(torch.multinomial(torch.tensor(list(chances.values())), 1))]
+        names, weights = list(chances), list(chances.values())
+        if len(set(weights)) == 1:  # equal chances: the same draw as runs before the weights
+            name = names[int(torch.randint(len(names), ()))]
+        else:
+            name = names[int(torch.multinomial(torch.tensor(weights), 1))]
         values = pa[name]
         return {name: values[torch.randperm(len(values), device=values.device)]}
 

@@ -43,12 +43,16 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     model = _build_model(cfg.model, morpho)
     assert type(model).__name__ == FAMILY_CLASSES[family]
     # the experiment's settings, not the Python defaults, reach the stage (one place for each)
+    interventions = cfg.model.cf_finetune.interventions
     assert model.finetuning == FineTuning(
         init_ckpt="stage1.ckpt",
         judge_ckpt=None,
         slack=cfg.model.cf_finetune.slack,
         lagrange_lr=cfg.model.cf_finetune.lagrange_lr,
         lagrange_init=cfg.model.cf_finetune.lagrange_init,
+        interventions=None
+        if interventions is None
+        else {k: float(w) for k, w in interventions.items()},
     )
     assert cfg.trainer.max_epochs >= 1 and cfg.task_name == f"{family}_cf_morphomnist"
 
