@@ -1,6 +1,7 @@
 """Score a counterfactual model with the soundness suite (Hydra entry point).
 
     python evaluate.py ckpt_path=outputs/train/<date>/checkpoints/last.ckpt
+    python evaluate.py pretrained=hvae_cf-morphomnist   # a shipped model (python -m models --list)
     python evaluate.py model=oracle            # the dataset's true SCM: the floor of every metric
     python evaluate.py --help
 
@@ -37,31 +38,43 @@ from metrics.rng import seeded
 from metrics.suite import Shard, SuiteSettings, intervention_variables, run_suite
 from models.base import CounterfactualModel
 from models.config_types import check_override_types
-from models.loading import file_sha256, load_model
+from models.loading import load_model, source_sha256
+from models.pretrained import load_pretrained
 
 log = logging.getLogger("cfzoo.evaluate")
 
 
+def model_source(cfg: DictConfig) -> str | None:
+    """What the evaluated model loads from: ``ckpt_path`` or ``pretrained`` (not both)."""
+    if cfg.get("ckpt_path") and cfg.get("pretrained"):
+        raise ValueError("pass either ckpt_path=PATH or pretrained=NAME, not both")
+    return cfg.get("ckpt_path") or cfg.get("pretrained")
+
+
 def build_model(cfg: DictConfig, datamodule) -> CounterfactualModel:
-    """The checkpoint's model, or a reference model (oracle, identity) built from the data."""
+    """The checkpoint's or pretrained model, or a reference model (oracle, identity) built from
+    the data."""
+    source = model_source(cfg)
     if cfg.get("model"):
-        if cfg.get("ckpt_path"):
-            raise ValueError("pass either ckpt_path=... or model=oracle|identity, not both")
+        if source:
+            raise ValueError(
+                "pass either ckpt_path=... (or pretrained=...) or model=oracle|identity, not both"
+            )
         return instantiate(cfg.model, datamodule=datamodule)
-    if not cfg.get("ckpt_path"):
+    if not source:
         raise ValueError(
-            "nothing to evaluate: pass ckpt_path=PATH (a checkpoint from train.py) or "
-            "model=oracle / model=identity"
+            "nothing to evaluate: pass ckpt_path=PATH (a checkpoint from train.py), "
+            "pretrained=NAME (python -m models --list) or model=oracle / model=identity"
         )
-    model = load_model(cfg.ckpt_path)
+    model = load_pretrained(source) if cfg.get("pretrained") else load_model(source)
     if model.dataset_name != datamodule.name:
         raise ValueError(
-            f"{cfg.ckpt_path} was trained on '{model.dataset_name}' but this evaluation uses "
+            f"{source} was trained on '{model.dataset_name}' but this evaluation uses "
             f"'{datamodule.name}': pass data={model.dataset_name}"
         )
     if model.graph.names != datamodule.graph.names:
         raise ValueError(
-            f"{cfg.ckpt_path} models attributes {model.graph.names}, the data have "
+            f"{source} models attributes {model.graph.names}, the data have "
             f"{datamodule.graph.names}"
         )
     return model
@@ -231,8 +244,8 @@ def _score(fabric: Fabric, cfg: DictConfig, output_dir: Path, parts: dict[str, A
     report.update(
         model=type(model).__name__,
         dataset=datamodule.name,
-        checkpoint=cfg.get("ckpt_path"),
-        checkpoint_sha256=file_sha256(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
+        checkpoint=model_source(cfg),
+        checkpoint_sha256=source_sha256(model_source(cfg)) if model_source(cfg) else None,
         predictor=parts["predictor_source"],
         judges=judges,
         attribute_kinds={v.name: v.kind for v in datamodule.graph.variables},

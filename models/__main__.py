@@ -1,6 +1,13 @@
 """Counterfactual images from the command line.
 
     python -m models ckpt_path=PATH [do.NAME=VALUE ...] [shift.NAME=DELTA ...] [options]
+    python -m models pretrained=NAME [do.NAME=VALUE ...] ...    # a shipped model, no training
+    python -m models --list                                     # the shipped models
+
+The model (one of):
+    ckpt_path=PATH        a checkpoint of train.py, any family
+    pretrained=NAME       a pretrained model shipped with cfzoo (python -m models --list), e.g.
+                          pretrained=hvae_cf-morphomnist; or the .json of save_pretrained
 
 Inputs (one of):
     split=test            images of the checkpoint's dataset (train, val or test; the default)
@@ -25,7 +32,7 @@ and grid.png (factual row above counterfactual row).
 
 Samples (the first two rungs of the ladder) instead of counterfactuals:
 
-    python -m models sample ckpt_path=PATH [num=16] [do.NAME=VALUE ...] [options.NAME=VALUE ...]
+    python -m models sample ckpt_path=PATH|pretrained=NAME [num=16] [do.NAME=VALUE ...] [options.NAME=VALUE ...]
 
 draws num images with attributes from the model's SCM (under do, when given; shift.NAME=DELTA
 shifts each drawn value) and writes sample-00000.png ..., samples.csv and grid.png.
@@ -52,6 +59,7 @@ from datamodules.base import evenly_spaced
 from datamodules.folder import load_image_folder
 from metrics.figures import save_grid
 from models.loading import load_model
+from models.pretrained import available
 
 
 def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
@@ -87,7 +95,7 @@ def _interventions(cfg, required: bool = True) -> dict:
 
 #: The settings this command reads; a mistyped one is refused, not ignored.
 KEYS = {
-    "ckpt_path", "split", "folder", "csv", "do", "shift", "num", "out_dir", "data_dir", "data",
+    "ckpt_path", "pretrained", "split", "folder", "csv", "do", "shift", "num", "out_dir", "data_dir", "data",
     "batch_size", "options",
 }  # fmt: skip
 
@@ -117,6 +125,49 @@ def _settings(argv: list[str]):
     return cfg
 
 
+def _model(cfg):
+    """The model of ``ckpt_path=PATH`` or ``pretrained=NAME`` (exactly one of them)."""
+    if cfg.get("ckpt_path") and cfg.get("pretrained"):
+        raise ValueError("pass either ckpt_path=PATH or pretrained=NAME, not both")
+    if cfg.get("pretrained"):
+        from models.pretrained import load_pretrained
+
+        return load_pretrained(str(cfg.pretrained))
+    if not cfg.get("ckpt_path"):
+        raise SystemExit(
+            "a model is required: ckpt_path=PATH (a checkpoint of train.py) or pretrained=NAME "
+            "(python -m models --list; see python -m models --help)"
+        )
+    return load_model(cfg.ckpt_path)
+
+
+def list_pretrained() -> int:
+    """``python -m models --list``: every shipped model, what it is and its headline figures."""
+    shipped = available()
+    if not shipped:
+        print("no pretrained models in this installation")
+        return 0
+    for name, manifest in shipped.items():
+        provenance = manifest.get("provenance", {})
+        print(f"{name}  ({manifest['class']}, {manifest.get('dataset')})")
+        if manifest.get("summary"):
+            print(f"    {manifest['summary']}")
+        print(
+            f"    {manifest['weights']['parameters']:,} parameters, "
+            f"{manifest['weights']['bytes'] / 2**20:.1f} MB; trained "
+            f"{provenance.get('training minutes', float('nan')):.1f} min on "
+            f"{provenance.get('machine', 'an unstated machine')} at commit "
+            f"{str(provenance.get('commit', '?'))[:12]}"
+        )
+        for figure, value in (manifest.get("headline") or {}).items():
+            print(f"    {figure}: {value}")
+    print(
+        "\nLoad one: from models import load_model; load_model(NAME). The cards: "
+        "models/pretrained/NAME.md"
+    )
+    return 0
+
+
 def _output_names(names: list[str]) -> list[str]:
     """One output file per input, whatever the names: ``a/x.png`` and ``b/x.png`` become
     ``a/x_cf.png`` and ``b/x_cf.png``; a name that would leave the output folder, or repeats,
@@ -137,9 +188,7 @@ def _output_names(names: list[str]) -> list[str]:
 def sample_main(argv: list[str]) -> int:
     """``python -m models sample ...``: observational or interventional samples of a model."""
     cfg = _settings(argv)
-    if not cfg.get("ckpt_path"):
-        raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")
-    model = load_model(cfg.ckpt_path)
+    model = _model(cfg)
     do = _interventions(cfg, required=False)
     out_dir = Path(cfg.get("out_dir") or f"outputs/samples/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +220,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if argv[0] == "--list":
+        return list_pretrained()
     if argv[0] == "sample":
         return sample_main(argv[1:])
     if argv[0] == "explore":
@@ -178,9 +229,7 @@ def main(argv: list[str]) -> int:
 
         return explore_main(argv[1:])
     cfg = _settings(argv)
-    if not cfg.get("ckpt_path"):
-        raise SystemExit("ckpt_path=PATH is required (see python -m models --help)")
-    model = load_model(cfg.ckpt_path)
+    model = _model(cfg)
     x, pa, names = _inputs(cfg, model)
     do = _interventions(cfg)
     options = dict(cfg.get("options") or {})

@@ -29,7 +29,7 @@ from torch import Tensor
 from datamodules.base import CausalGraph, Variable
 from metrics.soundness import composition, l1, reversibility
 from models.base import Counterfactual, CounterfactualModel
-from models.loading import file_sha256, load_model
+from models.loading import load_model, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ class Explorer:
             try:
                 models[name] = load_model(path)
                 if reports:  # reports name the checkpoint they scored by its SHA-256
-                    digests[file_sha256(path)] = name
+                    digests[source_sha256(path)] = name
             except (ValueError, FileNotFoundError) as error:
                 problems.append(f"could not load {path}: {error}")
         if not models:
@@ -627,10 +627,12 @@ def _do_label(do: Mapping[str, Any]) -> str:
 USAGE = """The counterfactual explorer: a local web page to ask "what if?" of models, beside the truth.
 
     python -m models explore ckpt_path=A.ckpt [ckpt_path=B.ckpt ...] [settings]
+    python -m models explore pretrained=vae_cf-morphomnist pretrained=hvae_cf-morphomnist
 
-Settings (KEY=VALUE; ckpt_path and report may repeat):
+Settings (KEY=VALUE; ckpt_path, pretrained and report may repeat):
     ckpt_path=PATH      a checkpoint of train.py, any family; several are shown side by side
                         (all of one dataset)
+    pretrained=NAME     a pretrained model shipped with cfzoo (python -m models --list)
     report=PATH         an evaluate.py report.json of one of them: its figures join the model's
                         card (matched to the checkpoint by SHA-256)
     data_dir=data       where the dataset cache lives
@@ -647,9 +649,9 @@ The page runs offline: no CDN, no analytics, no telemetry. Needs the [explore] e
 """
 
 #: Settings that may be given more than once.
-REPEATABLE = ("ckpt_path", "report")
+REPEATABLE = ("ckpt_path", "pretrained", "report")
 #: The other settings this command reads; a mistyped one is refused, not ignored.
-SINGLE = ("data_dir", "judge", "judge_ckpt", "host", "port", "pretrained")
+SINGLE = ("data_dir", "judge", "judge_ckpt", "host", "port")
 
 
 def parse_settings(argv: Sequence[str]) -> dict[str, Any]:
@@ -684,13 +686,11 @@ def parse_settings(argv: Sequence[str]) -> dict[str, Any]:
                 f"unknown setting '{key}': the settings are "
                 f"{', '.join((*REPEATABLE, *SINGLE, 'data.KEY'))} (python -m models explore --help)"
             )
-    if "pretrained" in settings:
+    if not settings["ckpt_path"] and not settings["pretrained"]:
         raise ValueError(
-            "pretrained=NAME: this version ships no pretrained models yet; train one "
-            "(python train.py) and pass ckpt_path=outputs/train/<date>/checkpoints/last.ckpt"
+            "a model is required: ckpt_path=PATH or pretrained=NAME (python -m models explore "
+            "--help)"
         )
-    if not settings["ckpt_path"]:
-        raise ValueError("ckpt_path=PATH is required (python -m models explore --help)")
     port = settings.get("port", "7860")
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"port must be a number 0-65535 (0: any free port), got '{port}'")
@@ -720,7 +720,7 @@ def main(argv: Sequence[str]) -> int:
     except ImportError as error:
         raise SystemExit(f"error: {error}") from error
     explorer = Explorer.from_checkpoints(
-        settings["ckpt_path"],
+        [*settings["ckpt_path"], *settings["pretrained"]],
         data_dir=settings.get("data_dir", "data"),
         data_overrides=settings["data"],
         reports=settings["report"],

@@ -45,20 +45,29 @@ def load_model(
     map_location: str | torch.device = "cpu",
     kind: type[pl.LightningModule] = CounterfactualModel,
 ) -> CounterfactualModel:
-    """Load a model of any family from its checkpoint, in eval mode.
+    """Load a model of any family, in eval mode: a checkpoint, or a pretrained model by name.
 
-    The checkpoint is read with ``weights_only=True``: loading never runs code from the file.
+    A checkpoint is read with ``weights_only=True`` and a pretrained model's weights with
+    safetensors (:mod:`models.pretrained`): loading never runs code from the file.
 
     Args:
-        path: a checkpoint written by ``train.py``.
+        path: a checkpoint written by ``train.py``; the name of a shipped pretrained model
+            (``python -m models --list``), such as ``"hvae_cf-morphomnist"``; or the ``.json``
+            manifest that :func:`models.pretrained.save_pretrained` wrote.
         map_location: device to load onto.
         kind: the base class expected (``AttributePredictor`` for a predictor checkpoint).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` and no pretrained model of that name.
         ValueError: a truncated or corrupt file, a checkpoint that is not a cfzoo model, or one
             of another kind.
     """
+    if _names_pretrained(path):
+        from models.pretrained import load_pretrained
+
+        if not issubclass(CounterfactualModel, kind):
+            raise ValueError(f"pretrained models are counterfactual models, not {kind.__name__}s")
+        return load_pretrained(path, map_location)
     checkpoint = read_checkpoint(path)
     name = checkpoint.get(CHECKPOINT_CLASS_KEY)
     if name is None:
@@ -92,6 +101,24 @@ def load_model(
             "load it with the cfzoo version that wrote it."
         ) from error
     return model.eval()
+
+
+def _names_pretrained(path: str | Path) -> bool:
+    """A manifest's path, or a bare name (no folder, no suffix) that is not a file here."""
+    path = Path(path).expanduser()
+    if path.suffix == ".json":
+        return True
+    return not path.exists() and path.parent == Path(".") and not path.suffix
+
+
+def source_sha256(path: str | Path) -> str:
+    """The SHA-256 that names what a model was loaded from: a checkpoint's bytes, or a
+    pretrained model's weights file (as its manifest records it)."""
+    if _names_pretrained(path):
+        from models.pretrained import manifest_of
+
+        return manifest_of(path)[0]["weights"]["sha256"]
+    return file_sha256(path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -454,3 +455,41 @@ def test_a_mistyped_setting_fails_first_naming_its_key(script, override, message
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.fixture
+def exported(trained, tmp_path):
+    """The trained checkpoint exported as a pretrained model (safetensors and its manifest)."""
+    from models.pretrained import save_pretrained
+
+    _, metrics = trained
+    return save_pretrained(load_model(metrics["last_ckpt"]), tmp_path / "zoo", "tiny-vae")
+
+
+def test_pretrained_models_in_the_command_lines(exported, data_dir, tmp_path, capsys, monkeypatch):
+    import evaluate as evaluate_script
+    import models.pretrained
+
+    monkeypatch.setattr(models.pretrained, "PRETRAINED_DIR", exported.parent)  # "shipped" here
+    out = tmp_path / "cf"
+    argv = ["pretrained=tiny-vae", f"data_dir={data_dir}", "data.limit=200", "num=3"]
+    assert counterfactual_cli([*argv, "do.digit=2", f"out_dir={out}"]) == 0
+    rows = list(csv.DictReader((out / "counterfactuals.csv").open()))
+    assert len(rows) == 3 and all(float(r["cf_digit"]) == 2 for r in rows)
+    with pytest.raises(ValueError, match="either ckpt_path=PATH or pretrained=NAME"):
+        counterfactual_cli([*argv, "ckpt_path=x.ckpt", "do.digit=2"])
+    with pytest.raises(FileNotFoundError, match="neither a pretrained model"):
+        counterfactual_cli(["pretrained=no-such-model", "do.digit=2"])
+    assert counterfactual_cli(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny-vae  (ConditionalVAE, morphomnist)" in listed and "parameters" in listed
+
+    cfg = compose_evaluate(data_dir, tmp_path, f"pretrained={exported}")
+    datamodule = hydra_instantiate(cfg.data, _convert_="all")
+    datamodule.setup()
+    assert evaluate_script.build_model(cfg, datamodule).dataset_name == "morphomnist"
+    both = compose_evaluate(data_dir, tmp_path, f"pretrained={exported}", "ckpt_path=x.ckpt")
+    with pytest.raises(ValueError, match="either ckpt_path=PATH or pretrained=NAME"):
+        evaluate_script.build_model(both, datamodule)
+    with pytest.raises(ValueError, match="trained on 'morphomnist'.*data=morphomnist"):
+        evaluate_script.build_model(cfg, SimpleNamespace(name="pendulum"))

