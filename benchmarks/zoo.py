@@ -354,14 +354,16 @@ def readme_table(results: dict, source: Path) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(readme: Path, table: str) -> None:
-    """Replace the block between :data:`README_START` and :data:`README_END` in ``readme``."""
+def write_readme_table(
+    readme: Path, table: str, start: str = README_START, end: str = README_END
+) -> None:
+    """Replace the block between the markers ``start`` and ``end`` in ``readme``."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no zoo-table markers ({README_START} ... {README_END})")
-    before, rest = text.split(README_START, 1)
-    _, after = rest.split(README_END, 1)
-    readme.write_text(f"{before}{README_START}\n{table}\n{README_END}{after}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no table markers ({start} ... {end})")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{start}\n{table}\n{end}{after}")
 
 
 def _settings_text(settings: dict | None) -> str:

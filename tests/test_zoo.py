@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import zoo  # noqa: E402
 
+from models import load_model  # noqa: E402
+
 ATTRIBUTES = ("thickness", "intensity", "digit")
 MEASURED = ("thickness", "intensity")  # what morphometry measures
 TINY_EVAL = [
@@ -27,7 +29,7 @@ TINY_EVAL = [
 ]
 
 
-def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
+def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys, monkeypatch):
     argv = [
         "--families",
         "vae",
@@ -106,6 +108,26 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys):
     assert zoo.main([*argv, "--render-only", "--date", day]) == markdown_path
     with pytest.raises(SystemExit):
         zoo.main([*argv, "--render-only", "--date", "2026-13-01"])
+    # A row becomes a pretrained model: weights, manifest, card and grid; a rebuild is checked
+    import pretrained
+
+    import models.pretrained
+
+    shipped = tmp_path / "shipped"
+    json_path = str(markdown_path.with_suffix(".json"))
+    build = ["hvae_cf-morphomnist", "--results", json_path, "--data-dir", str(data_dir)]
+    assert pretrained.main([*build, "--out-dir", str(shipped)]) == 0
+    model = load_model(shipped / "hvae_cf-morphomnist.json")
+    assert model.trained_against.startswith("predictors/")  # no folder of this machine
+    card = (shipped / "hvae_cf-morphomnist.md").read_text()
+    assert "python benchmarks/pretrained.py hvae_cf-morphomnist --check" in card
+    assert "| effectiveness do(digit), held-out judge | >= 0.95 |" in card
+    assert (shipped / "hvae_cf-morphomnist.png").stat().st_size > 1000
+    monkeypatch.setattr(models.pretrained, "PRETRAINED_DIR", shipped)
+    assert pretrained.main([*build, "--check"]) == 0  # the same row agrees with itself
+    results["models"]["hvae_cf"]["rows"][0]["metrics"]["truth L1 do(thickness)"] *= 2
+    Path(json_path).write_text(json.dumps(results))
+    assert pretrained.main([*build, "--check"]) == 1
 
 
 def fake_report(path: Path, thickness_error: float) -> dict:
