@@ -79,10 +79,12 @@ ORACLE = "oracle"
 REFERENCES = (ORACLE, "identity")
 GRID_INTERVENTIONS = ("thickness", "intensity", "digit", "domain")
 #: Datasets the leaderboard runs on: the synthetic ones, which render the true counterfactual.
-DATASETS = ("morphomnist", "morphomnist_domains")
+DATASETS = ("morphomnist", "morphomnist_domains", "pendulum")
 DATA_NAMES = {
     "morphomnist": "embedded Morpho-MNIST",
     "morphomnist_domains": "embedded multi-domain Morpho-MNIST (plain, rotated, textured)",
+    "pendulum": "Pendulum (5,000 generated scenes, 32 px RGB: angle, light, shadow length and "
+    "position)",
 }
 
 
@@ -418,7 +420,8 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
     models = {name: load_model(ckpt).eval() for name, ckpt in checkpoints.items()}
     targets = visible_interventions(batch["pa"], datamodule.graph)
     rows = [("factual", batch["x"], batch["pa"])]
-    for intervention in [v for v in GRID_INTERVENTIONS if v in datamodule.graph]:
+    shown = [v for v in GRID_INTERVENTIONS if v in datamodule.graph] or datamodule.graph.names
+    for intervention in shown:
         do = targets[intervention]
         if intervention in datamodule.ground_truth_variables:
             truth, attrs = datamodule.true_counterfactual(batch["index"], do)
@@ -608,9 +611,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.test_images is not None and args.test_images < 1:
         parser.error(f"--test-images must be a positive number, got {args.test_images}")
     test_images = [f"test_images={args.test_images}"] if args.test_images else []
-    datamodule = DATAMODULES[args.data](
-        data_dir=args.data_dir, limit=args.data_limit, seed=DATA_SEED
-    )
+    limit = {"limit": args.data_limit} if args.data_limit else {}
+    datamodule = DATAMODULES[args.data](data_dir=args.data_dir, seed=DATA_SEED, **limit)
     datamodule.setup()
     command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
