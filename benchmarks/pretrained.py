@@ -288,8 +288,8 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
         "",
         f"![counterfactuals of {name}]({name}.png)",
         "",
-        f"*The same 8 test digits: factual, the true counterfactual and {name}'s under "
-        "do(thickness), do(intensity) and do(digit).*",
+        f"*The same 8 test images: factual, then the true counterfactual and {name}'s under "
+        "one visible intervention per attribute (metrics/figures.py, visible_interventions).*",
         "",
     ]
     return "\n".join(lines)
@@ -355,7 +355,7 @@ def export(name: str, row: dict, results: dict, out_dir: Path, data_dir: str) ->
     manifest = json.loads(manifest_path.read_text())
     limit = [o.split("=", 1)[1] for o in row["config"]["evaluate"] if o.startswith("data.limit=")]
     datamodule = DATAMODULES[recipe["data"]](
-        data_dir=data_dir, seed=zoo.DATA_SEED, limit=int(limit[0]) if limit else None
+        data_dir=data_dir, seed=zoo.DATA_SEED, **({"limit": int(limit[0])} if limit else {})
     )
     datamodule.setup()
     zoo.comparison_grid({name: str(manifest_path)}, datamodule, out_dir / f"{name}.png")

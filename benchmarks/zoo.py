@@ -422,14 +422,17 @@ def comparison_grid(checkpoints: dict[str, str], datamodule, path: Path) -> Path
     rows = [("factual", batch["x"], batch["pa"])]
     shown = [v for v in GRID_INTERVENTIONS if v in datamodule.graph] or datamodule.graph.names
     for intervention in shown:
+        # cut to 5 letters where that stays unique (thick, inten, digit, domai); Pendulum's
+        # shadow_length and shadow_position would both be "shado"
+        label = intervention[:5] if intervention in GRID_INTERVENTIONS else intervention
         do = targets[intervention]
         if intervention in datamodule.ground_truth_variables:
             truth, attrs = datamodule.true_counterfactual(batch["index"], do)
-            rows.append((f"truth do({intervention[:5]})", truth, attrs))
+            rows.append((f"truth do({label})", truth, attrs))
         for name, model in models.items():
             cf = model.counterfactual(batch["x"], batch["pa"], do, sample_ids=batch["index"])
-            rows.append((f"{name} do({intervention[:5]})", cf.image, cf.parents))
-    return save_grid(rows, path, "The zoo's counterfactuals of the same test digits")
+            rows.append((f"{name} do({label})", cf.image, cf.parents))
+    return save_grid(rows, path, "The zoo's counterfactuals of the same test images")
 
 
 # -- scaling ---------------------------------------------------------------------------------------
