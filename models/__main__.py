@@ -160,7 +160,8 @@ def list_pretrained() -> int:
             f"{str(provenance.get('commit', '?'))[:12]}"
         )
         for figure, value in (manifest.get("headline") or {}).items():
-            print(f"    {figure}: {value}")
+            accuracy = figure.startswith("effectiveness do(") and "digit" in figure
+            print(f"    {figure}: {f'{100 * value:.1f}%' if accuracy else f'{value:.3g}'}")
     print(
         "\nLoad one: from models import load_model; load_model(NAME). The cards: "
         "models/pretrained/NAME.md"
