@@ -175,7 +175,7 @@ def goal_lines(metrics: dict) -> list[str]:
             limit, met = bound * floor, value <= bound * floor
             target = f"<= {bound:g} x floor ({limit:.3f})"
         elif comparison == ">=":
-            met, target = value >= bound, f">= {bound:g}"
+            met, target = value >= bound, f">= {fmt(key, bound)}"
         else:
             met, target = value <= bound, f"<= {bound:g}"
         lines.append(
@@ -183,6 +183,10 @@ def goal_lines(metrics: dict) -> list[str]:
             f"| {benchmark} |"
         )
     return lines
+
+
+def example_do(data: str) -> str:
+    return {"morphomnist": '"digit": 3', "pendulum": '"angle": 20.0'}[data]
 
 
 def goals_section(metrics: dict) -> list[str]:
@@ -220,11 +224,12 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
     judges = results.get("judges") or {}
     heldout = (judges.get("effectiveness") or {}).get("settings") or {}
     stage = (
-        f" It then fine-tuned for its counterfactual stage ({provenance['stage minutes']:.1f} min of "
-        f"the total), {FINETUNING_PAPER}; its judge is the `finetune` judge "
+        f" Then its counterfactual fine-tuning stage (`experiment={family}_morphomnist`, "
+        f"{provenance['stage minutes']:.1f} min of the total, {provenance['steps']:,} optimiser "
+        f"steps at batch {provenance['batch size']}) trained it against the `finetune` judge "
         f"(`{manifest.get('trained_against')}`), never the one that scores it."
         if "stage minutes" in provenance
-        else ""
+        else f" {provenance['steps']:,} optimiser steps at batch {provenance['batch size']}."
     )
     lines = [
         f"# {name}",
@@ -232,9 +237,12 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
         f"{manifest['summary']}",
         "",
         "```python",
+        "from datamodules import datamodule_for",
         "from models import load_model",
+        "",
         f'model = load_model("{name}")  # offline; weights checked against this card\'s SHA-256',
-        'cf = model.counterfactual(x, pa, do={"thickness": pa["thickness"] + 1.0})',
+        'batch = datamodule_for(model, "data").test_set.batch(range(8))  # test images, made offline',
+        f"cf = model.counterfactual(batch['x'], batch['pa'], {{{example_do(recipe['data'])}}})",
         "```",
         "",
         "## The model",
@@ -260,10 +268,9 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
         f"- Command: `{provenance['command']}`, at commit `{provenance['commit']}`, on "
         f"{provenance['machine']}.",
         f"- Rebuild and check against this card: `python benchmarks/pretrained.py {name} --check`.",
-        f"- Wall time: {provenance['training minutes']:.1f} min in all "
-        f"({provenance['steps']:,} optimiser steps in its last stage, batch "
-        f"{provenance['batch size']}); the base model trained under a "
-        f"{results['settings']['minutes']:g}-minute budget (`trainer.max_time`).{stage}",
+        f"- Wall time: {provenance['training minutes']:.1f} min in all. The "
+        f"{base_family(family)} model trained under a {results['settings']['minutes']:g}-minute "
+        f"budget (`trainer.max_time`).{stage}",
         "",
         "## Soundness (the full evaluate.py suite, 1,000 test images)",
         "",
