@@ -108,10 +108,6 @@ def base_family(family: str) -> str:
     return family.removesuffix("_cf")
 
 
-def results_stem(name: str, out_dir: Path, date: str) -> Path:
-    return out_dir / f"{name}-{date}"
-
-
 def measure(name: str, args) -> tuple[dict, dict]:
     """Train and score ``name`` through the zoo (resumable); its results file and row."""
     recipe = RECIPES[name]
