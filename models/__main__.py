@@ -59,7 +59,7 @@ from datamodules.base import evenly_spaced
 from datamodules.folder import load_image_folder
 from metrics.figures import save_grid
 from models.loading import load_model
-from models.pretrained import available
+from models.pretrained import available, load_pretrained
 
 
 def _inputs(cfg, model) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
@@ -130,8 +130,6 @@ def _model(cfg):
     if cfg.get("ckpt_path") and cfg.get("pretrained"):
         raise ValueError("pass either ckpt_path=PATH or pretrained=NAME, not both")
     if cfg.get("pretrained"):
-        from models.pretrained import load_pretrained
-
         return load_pretrained(str(cfg.pretrained))
     if not cfg.get("ckpt_path"):
         raise SystemExit(
