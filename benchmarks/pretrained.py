@@ -48,6 +48,8 @@ from models.pretrained import PRETRAINED_DIR, available, save_pretrained  # noqa
 LEADERBOARD = ROOT / "benchmarks/results/zoo-2026-12-06/cpu2-x86_64-2026-12-06.json"
 NOISE_STDS = 3.0
 NOISE_FLOOR = 0.10
+#: A card flags an intervention whose held-out judge error is over WEAK x that judge's floor.
+WEAK = 5.0
 
 PAPERS = {
     "vae": "Pawlowski, Castro & Glocker, *Deep Structural Causal Models for Tractable "
@@ -306,6 +308,16 @@ def limits(name: str, metrics: dict) -> list[str]:
         if RECIPES[name]["data"] == "morphomnist"
         else "- Trained on 5,000 generated scenes at 32 px on a 2-core CPU.",
     ]
+    for key, value in metrics.items():  # interventions the held-out judge finds far from done
+        if key.startswith("effectiveness do(") and key.endswith(", held-out judge"):
+            variable = key.removeprefix("effectiveness do(").split(")")[0]
+            floor = metrics.get(f"floor {variable}, held-out judge", math.nan)
+            if "digit" not in variable and value > WEAK * floor:
+                lines.append(
+                    f"- do({variable}) is weak: the held-out judge's error on its "
+                    f"counterfactuals is {fmt(key, value)}, {value / floor:.0f}x its error on "
+                    f"real images ({fmt(key, floor)}). Look at the grid before relying on it."
+                )
     if base_family(family) in ("vae", "hvae"):
         lines.append(
             "- Counterfactuals keep the pixel residual by default, which makes the null "
