@@ -121,7 +121,7 @@ def test_zoo_trains_scores_and_resumes(data_dir, tmp_path, capsys, monkeypatch):
     assert model.trained_against.startswith("predictors/")  # no folder of this machine
     card = (shipped / "hvae_cf-morphomnist.md").read_text()
     assert "python benchmarks/pretrained.py hvae_cf-morphomnist --check" in card
-    assert "| effectiveness do(digit), held-out judge | >= 0.95 |" in card
+    assert "| effectiveness do(digit), held-out judge | >= 95.0% |" in card
     assert (shipped / "hvae_cf-morphomnist.png").stat().st_size > 1000
     monkeypatch.setattr(models.pretrained, "PRETRAINED_DIR", shipped)
     assert pretrained.main([*build, "--check"]) == 0  # the same row agrees with itself
