@@ -240,7 +240,7 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
         "",
         f'model = load_model("{name}")  # offline; weights checked against this card\'s SHA-256',
         'batch = datamodule_for(model, "data").test_set.batch(range(8))  # test images, made offline',
-        f"cf = model.counterfactual(batch['x'], batch['pa'], {{{example_do(recipe['data'])}}})",
+        f'cf = model.counterfactual(batch["x"], batch["pa"], {{{example_do(recipe["data"])}}})',
         "```",
         "",
         "## The model",
