@@ -75,7 +75,7 @@ RECIPES: dict[str, dict] = {
     "flow_cf-morphomnist": {"family": "flow_cf", "data": "morphomnist", "minutes": 22},
     "vae-pendulum": {"family": "vae", "data": "pendulum", "minutes": 20},
     "hvae-pendulum": {"family": "hvae", "data": "pendulum", "minutes": 20},
-    "flow-pendulum": {"family": "flow", "data": "pendulum", "minutes": 20},
+    "flow-pendulum": {"family": "flow", "data": "pendulum", "minutes": 12},
 }
 #: Where each dataset comes from (the card's data section).
 DATA_ORIGIN = {
