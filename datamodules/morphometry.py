@@ -126,7 +126,9 @@ def _foreground_box(binary: np.ndarray) -> tuple[slice, slice] | None:
     )
 
 
-def medial_axis(binary: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def medial_axis(
+    binary: np.ndarray, seed: int = 0, box_distance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Medial axis of a 2-D binary image and its Euclidean distance map.
 
     The same algorithm as ``skimage.morphology.medial_axis(binary, return_distance=True,
@@ -135,6 +137,9 @@ def medial_axis(binary: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     and the work is done on the foreground's bounding box grown by one background pixel, which
     changes nothing: no pixel outside it is nearer to the stroke than the ring, and the ring's
     3 x 3 neighbourhoods see only background.
+
+    ``box_distance``: the distance map of that box (``_foreground_box``), when the caller has it
+    already; SetThickness shares it with its own distance map.
     """
     try:
         from skimage.morphology._skeletonize_various_cy import _skeletonize_loop
@@ -150,7 +155,7 @@ def medial_axis(binary: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         return skeleton, distance
     crop = binary[box]
     keep, cornerness = _medial_axis_tables()
-    crop_distance = ndi.distance_transform_edt(crop)
+    crop_distance = ndi.distance_transform_edt(crop) if box_distance is None else box_distance
     rows, cols = np.nonzero(crop)
     corner_score = cornerness[_neighbourhood_index(crop)[rows, cols]]
     tiebreak = np.random.default_rng(seed).permutation(rows.size)
@@ -191,6 +196,13 @@ def _is_eight_bit(stack: np.ndarray) -> bool:
 
 
 @functools.cache
+def _smoothing_matrix(size: int, sigma: float) -> np.ndarray:
+    """The linear map of skimage's 1-D Gaussian filter (``mode="reflect"``, truncated at 4 sigma)
+    on ``size`` samples: as a matrix product, 1.5x faster than the filter on a stack."""
+    return ndi.gaussian_filter1d(np.eye(size), sigma, axis=0, mode="reflect", truncate=4.0)
+
+
+@functools.cache
 def _zoom_matrix(size: int, scale: int) -> np.ndarray:
     """The linear map of 1-D cubic-spline upsampling (prefilter included), ``(size*scale, size)``."""
     identity = np.eye(size)
@@ -205,8 +217,9 @@ def _upsample(images: np.ndarray, scale: int, quantise: bool = False) -> np.ndar
 
     That is the reference's definition (Castro et al.): cubic-spline resizing, clipped to the
     input's range, then a Gaussian smoothing of sigma ``2 * scale / 6``. The resize is linear and
-    separable, so it is two small matrix products per image (``Z X Z^T``), and the smoothing two
-    1-D filters, each batched over the stack: 20x faster than calling skimage per image.
+    separable, so it is two small matrix products per image (``Z X Z^T``), and so is the
+    smoothing (``G Y G^T``), each batched over the stack: 20x faster than calling skimage per
+    image.
 
     ``quantise`` reproduces what the reference does to 8-bit images: it stores the upsampled image
     back in the input's dtype, truncating to whole grey levels.
@@ -220,8 +233,9 @@ def _upsample(images: np.ndarray, scale: int, quantise: bool = False) -> np.ndar
     resized = np.clip(rows @ images @ cols.T, low, high)
     # skimage's gaussian_filter: the same 1-D filter along rows, then columns.
     sigma = 2.0 * scale / 6.0
-    upsampled = ndi.gaussian_filter1d(resized, sigma, axis=-2, mode="reflect", truncate=4.0)
-    upsampled = ndi.gaussian_filter1d(upsampled, sigma, axis=-1, mode="reflect", truncate=4.0)
+    smooth_rows = _smoothing_matrix(resized.shape[-2], sigma)
+    smooth_cols = _smoothing_matrix(resized.shape[-1], sigma)
+    upsampled = smooth_rows @ resized @ smooth_cols.T
     if quantise:
         # The reference stores 255 * the result back as uint8, which truncates.
         upsampled = np.floor(255.0 * upsampled)
@@ -364,28 +378,41 @@ def measure(images: np.ndarray, workers: int | None = None) -> Morphometrics:
 # Perturbations
 
 
-def _signed_distance(binary: np.ndarray, reach: np.ndarray) -> np.ndarray:
+def _signed_distance(
+    binary: np.ndarray, boxes: list, inside: list, reach: np.ndarray
+) -> np.ndarray:
     """Signed distance of each pixel centre to the stroke's edge (negative inside), per image.
 
-    A pixel's edge lies half a pixel from its centre, hence the 0.5. Only distances up to
-    ``reach`` (per image, upsampled pixels) outside the stroke are computed, on the stroke's
-    bounding box grown by that much; pixels beyond are +inf. Distances within the grown box are
-    exact, since the whole stroke lies inside it.
+    A pixel's edge lies half a pixel from its centre, hence the 0.5. ``boxes`` and ``inside`` are
+    each image's foreground box and the distance map inside it (:func:`_stroke_boxes`). Only
+    distances up to ``reach`` (per image, upsampled pixels) outside the stroke are computed, on the
+    box grown by that much; pixels beyond are +inf. Distances within the grown box are exact,
+    since the whole stroke lies inside it.
     """
     signed = np.full(binary.shape, np.inf)
     height, width = binary.shape[1:]
-    for n, image in enumerate(binary):
-        box = _foreground_box(image)
+    for n, (image, box) in enumerate(zip(binary, boxes)):
         if box is None:
             continue
         grow = int(np.ceil(reach[n]))
         rows = slice(max(box[0].start - grow, 0), min(box[0].stop + grow, height))
         cols = slice(max(box[1].start - grow, 0), min(box[1].stop + grow, width))
         crop = image[rows, cols]
-        inside = ndi.distance_transform_edt(crop)
-        outside = ndi.distance_transform_edt(~crop)
-        signed[n, rows, cols] = np.where(crop, 0.5 - inside, outside - 0.5)
+        signed[n, rows, cols] = ndi.distance_transform_edt(~crop) - 0.5
+        # Inside the stroke, the distance to the background: the box (grown by one background
+        # pixel) holds the nearest background pixel of every stroke pixel.
+        signed[n, box[0], box[1]][image[box]] = 0.5 - inside[n][image[box]]
     return signed
+
+
+def _stroke_boxes(binary: np.ndarray) -> tuple[list, list]:
+    """Each image's foreground box (``_foreground_box``) and the distance map inside it."""
+    boxes = [_foreground_box(image) for image in binary]
+    inside = [
+        ndi.distance_transform_edt(image[box]) if box is not None else None
+        for image, box in zip(binary, boxes)
+    ]
+    return boxes, inside
 
 
 def _render_stroke(signed: np.ndarray, radius: np.ndarray, scale: int) -> np.ndarray:
@@ -406,12 +433,23 @@ def _set_thickness_chunk(
     scale: int = PERTURB_SCALE,
     refinements: int = 2,
 ) -> np.ndarray:
+    binary = _binarise(_upsample(stack.astype(np.float64), scale))
+    boxes, inside = _stroke_boxes(binary)
+    current = np.array(current, dtype=np.float64)
+    unknown = np.flatnonzero(np.isnan(current))
+    if unknown.size and (scale != MEASURE_SCALE or _is_eight_bit(stack)):
+        current[unknown] = _thickness_chunk(stack[unknown])
+    elif unknown.size:
+        # The measurement's binary image is this one: share its distance map.
+        for n in unknown:
+            skeleton, distance = medial_axis(binary[n], MEDIAL_AXIS_SEED, inside[n])
+            current[n] = 2.0 * distance[skeleton].mean() / scale if skeleton.any() else 0.0
     # Dilating (eroding) by radius r moves each edge out (in) by r: thickness changes by 2r/scale.
     radius = scale * (target - current) / 2.0
     # The corrections below move the radius by far less than 2 px (8 upsampled px): the distance
     # map need not reach further, and the radius is kept within it.
     reach = np.maximum(radius, 0.0) + 2 * scale + 1.0
-    signed = _signed_distance(_binarise(_upsample(stack.astype(np.float64), scale)), reach)
+    signed = _signed_distance(binary, boxes, inside, reach)
     result = _render_stroke(signed, radius, scale)
     # That rule is only first-order (corners and stroke ends grow differently), so re-measure and
     # correct the radius by the remaining error, keeping each digit's best render: the measured
@@ -463,8 +501,8 @@ def set_thickness(
     target = np.broadcast_to(np.asarray(target, dtype=np.float64), (len(stack),))
     if np.any(target <= 0) or not np.all(np.isfinite(target)):
         raise ValueError(f"target thickness must be positive and finite, got {target}")
-    if current is None:
-        current = measure_thickness(stack, workers)
+    # Unknown (NaN) thicknesses are measured in the same workers, from the same distance maps.
+    current = np.nan if current is None else current
     current = np.broadcast_to(np.asarray(current, dtype=np.float64), (len(stack),))
     result = _map_chunks(_set_thickness_chunk, (stack, target, current), workers, progress)
     return result[0] if single else result
