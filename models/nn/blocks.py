@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
@@ -49,10 +48,5 @@ class Bottleneck(nn.Module):
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        # On CPU, oneDNN runs convolutions with few channels several times faster on channels-last
-        # tensors; the block works in that layout and hands back the default one, which the
-        # ladder's splits and samplers are fastest on (benchmarks/results/hvae-speed.md).
-        layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
-        x = x.contiguous(memory_format=layout)
         out = self.net(x)
-        return (x + out if self.residual else out).contiguous()
+        return x + out if self.residual else out
