@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from datamodules import ANALYTIC_MECHANISMS
 from datamodules.base import CausalGraph, Intervention
+from models.nn.augment import AUGMENTATIONS, augment
 from models.scm import AttributeSCM
 
 __all__ = [
@@ -375,6 +376,10 @@ class FineTuning:
         interventions: the attributes a fine-tuning step may intervene on (one per step),
             with the probability of each: a list of names (equal weights) or a mapping of names
             to weights; ``None``: every attribute the model may intervene on, equally often.
+        augment: a random variation of each counterfactual before the judge reads it
+            (:mod:`models.nn.augment`: ``"none"``, ``"shift"`` or ``"affine"``), so that the
+            judge's loss can't be met through features only that one judge reads, pixel-exact
+            ones, which another judge does not see.
     """
 
     init_ckpt: str | None = None
@@ -383,6 +388,7 @@ class FineTuning:
     lagrange_lr: float = 1.0
     lagrange_init: float = 1.0
     interventions: dict[str, float] | None = None
+    augment: str = "none"
 
     #: names of checkpoints written before the fine-tuning task was shared by every family
     _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
@@ -399,6 +405,10 @@ class FineTuning:
         if settings.get("interventions") is not None:
             settings["interventions"] = cls._intervention_weights(settings["interventions"])
         parsed = cls(**settings)
+        if parsed.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"cf_finetune's augment must be one of {AUGMENTATIONS}, got {parsed.augment!r}"
+            )
         if parsed.slack < 0 or parsed.lagrange_lr < 0 or parsed.lagrange_init < 0:
             raise ValueError(
                 f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
@@ -826,7 +836,8 @@ class CounterfactualModel(pl.LightningModule):
         x, pa = batch["x"], batch["pa"]
         cf = counterfactual(self.net, self.scm, x, pa, self.finetuning_do(pa))
         judge = self._judge.to(x.device)
-        return judge_loss(judge, cf.image, {k: v.detach() for k, v in cf.parents.items()})
+        images = augment(cf.image, self.finetuning.augment)
+        return judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from metrics.judges import (
     same_judge,
     train_predictor,
 )
-from models.predictor import random_affine
+from models.nn.augment import random_affine
 
 #: A judge that trains in a second or two on the tiny dataset.
 TINY = {"widths": [8, 16], "features": 16, "epochs": 1}

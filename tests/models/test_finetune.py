@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -176,3 +177,28 @@ def test_bad_finetuning_interventions_are_named(morpho, interventions, message):
     settings = {"init_ckpt": "x", "interventions": interventions}
     with pytest.raises(ValueError, match=message):  # on building the model, or before training
         tiny("vae", morpho, cf_finetune=settings).finetuning_interventions()
+
+
+def test_an_augmented_judge_reads_a_varied_counterfactual_and_still_trains_the_decoder(
+    morpho, tiny_predictor
+):
+    batch = next(iter(morpho.train_dataloader()))
+    model = tiny("vae", morpho, cf_finetune={"init_ckpt": "x"})
+    model.attach_judge(tiny_predictor, "tiny judge")
+    losses = {}
+    for name in ("none", "affine"):
+        model.finetuning = dataclasses.replace(model.finetuning, augment=name)
+        model.zero_grad()
+        torch.manual_seed(0)  # the same intervention for both
+        loss = model.counterfactual_loss(batch)
+        loss.backward()
+        decoder = list(model.net.decoder.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder)
+        losses[name] = float(loss)
+    # the same weights and the same intervention: only the variation differs
+    assert losses["none"] != pytest.approx(losses["affine"], rel=1e-4)
+
+
+def test_an_unknown_finetuning_augmentation_is_named(morpho):
+    with pytest.raises(ValueError, match=r"augment must be one of \('none', 'shift', 'affine'\)"):
+        tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "augment": "blur"})
