@@ -836,7 +836,8 @@ class CounterfactualModel(pl.LightningModule):
         x, pa = batch["x"], batch["pa"]
         cf = counterfactual(self.net, self.scm, x, pa, self.finetuning_do(pa))
         judge = self._judge.to(x.device)
-        images = augment(cf.image, self.finetuning.augment)
+        # a model built without cf_finetune settings (a judge attached by hand) reads plain images
+        images = augment(cf.image, self.finetuning.augment if self.finetuning else "none")
         return judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
 
     # -- checkpoints ------------------------------------------------------------------------------
