@@ -202,6 +202,17 @@ def render(rows: list[dict], out: str) -> str:
     return "\n".join(lines)
 
 
+def record(rows: list[dict], row: dict, rows_path: Path) -> list[dict]:
+    """``rows`` with ``row`` in place of any of the same model and batch size, written to
+    ``rows_path`` at once (a killed run keeps every row measured so far)."""
+    same = (row["model"], row["batch_size"])
+    rows = [r for r in rows if (r["model"], r["batch_size"]) != same] + [row]
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(json.dumps(row), flush=True)
+    return rows
+
+
 def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
@@ -252,22 +263,13 @@ def main() -> None:
             if (name, batch_size) in done or args.render_only:
                 continue
             row = measure(name, batch_size, args.warmup, args.steps, args.repeats, args.budget)
-            row["commit"] = commit
-            rows = [r for r in rows if (r["model"], r["batch_size"]) != (name, batch_size)]
-            rows.append(row)
-            rows_path.parent.mkdir(parents=True, exist_ok=True)
-            rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            print(json.dumps(row), flush=True)
+            rows = record(rows, {**row, "commit": commit}, rows_path)
     if args.causal_gen and not args.render_only:
         for batch_size in args.batch_sizes:
             row = measure_causal_gen(
                 args.causal_gen, batch_size, args.warmup, args.steps, args.budget
             )
-            row["commit"] = commit
-            rows = [r for r in rows if (r["model"], r["batch_size"]) != (row["model"], batch_size)]
-            rows.append(row)
-            rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            print(json.dumps(row), flush=True)
+            rows = record(rows, {**row, "commit": commit}, rows_path)
     order = {name: i for i, name in enumerate(MODELS)}
     rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["batch_size"]))
     publish(render(rows, args.out), args.out)
