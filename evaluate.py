@@ -241,11 +241,12 @@ def _score(fabric: Fabric, cfg: DictConfig, output_dir: Path, parts: dict[str, A
         minimality=minimality,
         shard=Shard(fabric.global_rank, fabric.world_size),
     )
+    source = model_source(cfg)
     report.update(
         model=type(model).__name__,
         dataset=datamodule.name,
-        checkpoint=model_source(cfg),
-        checkpoint_sha256=source_sha256(model_source(cfg)) if model_source(cfg) else None,
+        checkpoint=source,
+        checkpoint_sha256=source_sha256(source) if source else None,
         predictor=parts["predictor_source"],
         judges=judges,
         attribute_kinds={v.name: v.kind for v in datamodule.graph.variables},
