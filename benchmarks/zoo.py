@@ -573,6 +573,13 @@ def main(argv: list[str] | None = None) -> Path:
         "--train-override", action="append", default=[], help="extra train.py override"
     )
     parser.add_argument(
+        "--stage-override",
+        action="append",
+        default=[],
+        help="extra train.py override of the fine-tuning stages (the _cf rows) only, e.g. "
+        "model.cf_finetune.augment=none",
+    )
+    parser.add_argument(
         "--eval-override", action="append", default=[], help="extra evaluate.py override"
     )
     parser.add_argument(
@@ -657,8 +664,9 @@ def main(argv: list[str] | None = None) -> Path:
             if name in STAGES
             else [f"model={name}"]
         )
+        stage = args.stage_override if name in STAGES else []
         return {
-            "train": [*launch, *data, *args.train_override],
+            "train": [*launch, *data, *args.train_override, *stage],
             "evaluate": [*data, *test_images, *args.eval_override],
             "minutes": args.minutes if name not in REFERENCES else 0,
         }
@@ -684,6 +692,7 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             overrides = [*data, *args.train_override]
             if base_row is not None:
+                overrides += args.stage_override
                 trained = train_stage(workdir, name, seed, base_row["checkpoint"], overrides)
             else:
                 trained = train_with_budget(workdir, name, seed, args.minutes, overrides)

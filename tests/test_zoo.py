@@ -251,5 +251,30 @@ def test_a_stage_alone_trains_its_base_model_first(data_dir, tmp_path, fake_zoo)
     ]
 
 
+def test_a_stage_override_reaches_the_fine_tuning_stage_only(
+    data_dir, tmp_path, monkeypatch, fake_zoo
+):
+    overrides = {}
+    for name in ("train_with_budget", "train_stage"):
+        fake = getattr(zoo, name)
+
+        def record(*args, fake=fake):
+            overrides[args[1]] = args[-1]
+            return fake(*args)
+
+        monkeypatch.setattr(zoo, name, record)
+    argv = ["--families", "vae_cf", "--no-oracle", "--data-limit", "200", "--minutes", "2"]
+    argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "results")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--machine", "testbox"]
+    argv += ["--stage-override=model.cf_finetune.augment=none"]
+    results = json.loads(zoo.main(argv).with_suffix(".json").read_text())
+    assert "model.cf_finetune.augment=none" in overrides["vae_cf"]
+    assert "model.cf_finetune.augment=none" not in overrides["vae"]
+    # the override is part of the stage's config, so a row without it is not taken for this one
+    configs = {n: results["models"][n]["rows"][0]["config"]["train"] for n in ("vae", "vae_cf")}
+    assert configs["vae_cf"][-1] == "model.cf_finetune.augment=none"
+    assert "model.cf_finetune.augment=none" not in configs["vae"]
+
+
 def results_date(path: Path) -> str:
     return path.stem.removeprefix("testbox-")
