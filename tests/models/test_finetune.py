@@ -202,3 +202,62 @@ def test_an_augmented_judge_reads_a_varied_counterfactual_and_still_trains_the_d
 def test_an_unknown_finetuning_augmentation_is_named(morpho):
     with pytest.raises(ValueError, match=r"augment must be one of \('none', 'shift', 'affine'\)"):
         tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "augment": "blur"})
+
+
+def test_frozen_parameters_stay_as_pre_trained_while_the_rest_fine_tunes(
+    morpho, tiny_predictor, tmp_path
+):
+    stage1 = save_checkpoint(tiny("hvae", morpho), tmp_path / "stage1.ckpt")
+    settings = {"init_ckpt": str(stage1), "freeze": ["decoder.*.prior.*"]}
+    model = tiny("hvae", morpho, cf_finetune=settings)
+    model.attach_judge(tiny_predictor, "tiny judge")
+    quiet_trainer(max_steps=3, limit_val_batches=0).fit(model, datamodule=morpho)
+    before = load_model(stage1).net.state_dict()
+    after = model.net.state_dict()
+    priors = [name for name in after if ".prior." in name]
+    assert priors and all(torch.equal(before[name], after[name]) for name in priors)
+    merges = [name for name in after if ".merge." in name]
+    assert any(not torch.equal(before[name], after[name]) for name in merges)
+
+
+@pytest.mark.parametrize(
+    "freeze, message",
+    [
+        (["decoder.*.priors.*"], r"'decoder\.\*\.priors\.\*' matches no parameter"),
+        ("decoder.*", "must be a list of parameter-name patterns"),
+    ],
+)
+def test_bad_freeze_patterns_are_named(morpho, tiny_predictor, tmp_path, freeze, message):
+    stage1 = save_checkpoint(tiny("hvae", morpho), tmp_path / "stage1.ckpt")
+    with pytest.raises(ValueError, match=message):  # on building the model, or before training
+        model = tiny("hvae", morpho, cf_finetune={"init_ckpt": str(stage1), "freeze": freeze})
+        model.attach_judge(tiny_predictor, "tiny judge")
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=morpho)
+
+
+def test_a_judge_of_the_changed_attributes_scores_the_intervened_one_and_its_descendants(
+    morpho, tiny_predictor
+):
+    batch = next(iter(morpho.train_dataloader()))
+    x, pa = batch["x"], batch["pa"]
+    model = tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "judged": "changed"})
+    model.attach_judge(tiny_predictor, "tiny judge")
+    # Morpho-MNIST: thickness -> intensity; digit alone
+    for name, scored in [
+        ("intensity", {"intensity"}),
+        ("thickness", {"thickness", "intensity"}),
+        ("digit", {"digit"}),
+    ]:
+        do = {name: pa[name].flip(0)}
+        model.finetuning_do = lambda pa, do=do: do
+        torch.manual_seed(0)
+        loss = model.counterfactual_loss(batch)
+        torch.manual_seed(0)
+        cf = counterfactual(model.net, model.scm, x, pa, do)
+        every = judge_loss(tiny_predictor, cf.image, cf.parents)
+        assert float(loss) == pytest.approx(
+            float(judge_loss(tiny_predictor, cf.image, cf.parents, scored)), rel=1e-5
+        )
+        assert float(loss) < float(every)  # the preserved attributes' terms are left out
+    with pytest.raises(ValueError, match=r"judged must be one of \('all', 'changed'\)"):
+        tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "judged": "intervened"})
