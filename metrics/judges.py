@@ -45,6 +45,7 @@ ROLES: dict[str, dict[str, Any]] = {
         "seed": 0,
         "epochs": 30,
         "lr": 1e-3,
+        "given": "none",
     },
     "heldout": {
         "arch": "resnet",
@@ -54,6 +55,7 @@ ROLES: dict[str, dict[str, Any]] = {
         "seed": 1,
         "epochs": 30,
         "lr": 1e-3,
+        "given": "none",
     },
 }
 #: The settings a role has: the predictor's hyperparameters, its seed and its epochs.
@@ -89,7 +91,10 @@ def predictor_cache_path(datamodule, settings: Mapping[str, Any]) -> Path:
     version and ``settings`` (:func:`judge_settings`), not the role's name: a role overridden
     into another role's settings is that role's judge, and is found as such.
     """
-    return cache_path(datamodule, "predictors", {"version": JUDGE_VERSION, **settings})
+    key = {"version": JUDGE_VERSION, **settings}
+    if key.get("given") == "none":
+        del key["given"]  # the judges cached before the setting existed read the image alone
+    return cache_path(datamodule, "predictors", key)
 
 
 def train_predictor(
