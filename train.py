@@ -61,10 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from metrics.judges import load_or_train_predictor
 
         judge, source = load_or_train_predictor(
-            datamodule,
-            role="finetune",
-            ckpt_path=model.finetuning.judge_ckpt,
-            **(model.finetuning.judge or {}),
+            datamodule, role="finetune", ckpt_path=model.finetuning.judge_ckpt
         )
         model.attach_judge(judge, source)
         datamodule.setup("fit")

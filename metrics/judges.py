@@ -45,7 +45,6 @@ ROLES: dict[str, dict[str, Any]] = {
         "seed": 0,
         "epochs": 30,
         "lr": 1e-3,
-        "given": "none",
     },
     "heldout": {
         "arch": "resnet",
@@ -55,7 +54,6 @@ ROLES: dict[str, dict[str, Any]] = {
         "seed": 1,
         "epochs": 30,
         "lr": 1e-3,
-        "given": "none",
     },
 }
 #: The settings a role has: the predictor's hyperparameters, its seed and its epochs.
@@ -91,10 +89,7 @@ def predictor_cache_path(datamodule, settings: Mapping[str, Any]) -> Path:
     version and ``settings`` (:func:`judge_settings`), not the role's name: a role overridden
     into another role's settings is that role's judge, and is found as such.
     """
-    key = {"version": JUDGE_VERSION, **settings}
-    if key.get("given") == "none":
-        del key["given"]  # the judges cached before the setting existed read the image alone
-    return cache_path(datamodule, "predictors", key)
+    return cache_path(datamodule, "predictors", {"version": JUDGE_VERSION, **settings})
 
 
 def train_predictor(

@@ -375,9 +375,6 @@ class FineTuning:
         init_ckpt: the pre-trained model of the same family.
         judge_ckpt: the judge to train against; ``None``: the dataset's cached fine-tuning judge
             (``metrics.judges``, role ``finetune``), trained on first use.
-        judge: settings of that cached judge that replace the role's (``metrics.judges``
-            ``SETTINGS``), e.g. ``{"given": "others"}``: a judge that reads each attribute given
-            the others' intended values (:class:`~models.predictor.AttributePredictor`).
         slack: nats per dimension the likelihood loss may lose.
         lagrange_lr: step of the multiplier's gradient ascent.
         lagrange_init: the multiplier's start.
@@ -402,7 +399,6 @@ class FineTuning:
 
     init_ckpt: str | None = None
     judge_ckpt: str | None = None
-    judge: dict[str, Any] | None = None
     slack: float = 0.0025
     lagrange_lr: float = 1.0
     lagrange_init: float = 1.0
@@ -478,7 +474,7 @@ def judge_loss(
 
     Every attribute is scored unless ``names`` says which (:attr:`FineTuning.judged`).
     """
-    raw = judge._raw(images, target)  # a judge given the other attributes reads their targets
+    raw = judge._raw(images)
     losses = []
     for variable in judge.graph.variables:
         if names is not None and variable.name not in names:

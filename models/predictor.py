@@ -30,11 +30,9 @@ from models.nn.augment import AUGMENTATIONS, augment
 from models.nn.convnets import ConvEncoder, _group_norm
 from models.nn.likelihoods import to_signed
 
-__all__ = ["ARCHITECTURES", "AUGMENTATIONS", "GIVEN", "AttributePredictor", "ResNetEncoder"]
+__all__ = ["ARCHITECTURES", "AUGMENTATIONS", "AttributePredictor", "ResNetEncoder"]
 
 ARCHITECTURES = ("conv", "resnet")
-#: What a head reads besides the image (``given``).
-GIVEN = ("none", "others")
 
 
 class _ResNetBlock(nn.Module):
@@ -122,13 +120,6 @@ class AttributePredictor(pl.LightningModule):
             ``False``).
         arch: the trunk, ``"conv"`` (:class:`ConvEncoder`) or ``"resnet"``
             (:class:`ResNetEncoder`).
-        given: what each head reads besides the image. ``"none"``: nothing, ``q(a | x)``.
-            ``"others"``: the values of the other attributes too, ``q(a | x, rest)``, as
-            causal-gen's anti-causal predictor reads thickness given intensity. Trained on
-            observational data, a ``q(a | x)`` reads an attribute partly through its correlates
-            (Morpho-MNIST's: a brighter stroke as thicker, a thicker one as brighter); given
-            the others, it must read each from its own evidence. Such a judge needs the other
-            values to predict: fine-tuning gives it the counterfactual's intended ones.
 
     Example:
         >>> predictor = AttributePredictor(datamodule.graph.to_dict(), datamodule.image_shape)
@@ -145,7 +136,6 @@ class AttributePredictor(pl.LightningModule):
         lr: float = 1e-3,
         augment: bool | str = True,
         arch: str = "conv",
-        given: str = "none",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -160,20 +150,12 @@ class AttributePredictor(pl.LightningModule):
         else:
             raise ValueError(f"unknown predictor arch {arch!r}; choose one of {ARCHITECTURES}")
         self.trunk = nn.Sequential(encoder, nn.SiLU(), nn.Dropout(0.1))
-        if given not in GIVEN:
-            raise ValueError(f"unknown predictor given {given!r}; choose one of {GIVEN}")
-        self.given = given
-        heads = {}
-        for v in self.graph.variables:
-            out = 1 if v.is_continuous else v.num_classes
-            if given == "none":
-                heads[v.name] = nn.Linear(features, out)
-            else:
-                inputs = features + sum(self._width(o) for o in self.graph.variables if o != v)
-                heads[v.name] = nn.Sequential(
-                    nn.Linear(inputs, features), nn.SiLU(), nn.Linear(features, out)
-                )
-        self.heads = nn.ModuleDict(heads)
+        self.heads = nn.ModuleDict(
+            {
+                v.name: nn.Linear(features, 1 if v.is_continuous else v.num_classes)
+                for v in self.graph.variables
+            }
+        )
         self.lr = lr
         self.arch = arch
         self.augment = _augmentation(augment)
@@ -183,49 +165,19 @@ class AttributePredictor(pl.LightningModule):
         """The penultimate layer, ``(B, features)``; images in [0, 1]."""
         return self.trunk(to_signed(x.float()))
 
-    @staticmethod
-    def _width(variable) -> int:
-        return 1 if variable.is_continuous else variable.num_classes
-
-    def _encoded(self, pa: Mapping[str, Tensor], name: str) -> Tensor:
-        """Every attribute but ``name``: normalised values and one-hot classes, ``(B, k)``."""
-        parts = []
-        for variable in self.graph.variables:
-            if variable.name == name:
-                continue
-            value = pa[variable.name]
-            if variable.is_continuous:
-                parts.append(variable.normalise(value.float())[:, None])
-            else:
-                parts.append(F.one_hot(value.long(), variable.num_classes).float())
-        return torch.cat(parts, 1)
-
-    def forward(self, x: Tensor, pa: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Predicted attributes in natural units (class ids for categorical attributes).
-
-        ``pa``: the other attributes' values, for a judge with ``given="others"``.
-        """
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Predicted attributes in natural units (class ids for categorical attributes)."""
         out = {}
-        for name, raw in self._raw(x, pa).items():
+        for name, raw in self._raw(x).items():
             variable = self.graph[name]
             out[name] = (
                 variable.denormalise(raw.squeeze(-1)) if variable.is_continuous else raw.argmax(-1)
             )
         return out
 
-    def _raw(self, x: Tensor, pa: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def _raw(self, x: Tensor) -> dict[str, Tensor]:
         h = self.features(x)
-        if self.given == "none":
-            return {name: head(h) for name, head in self.heads.items()}
-        if pa is None or set(self.graph.names) - set(pa):
-            raise ValueError(
-                "this judge reads each attribute given the others (given='others'): pass every "
-                f"attribute's value ({', '.join(self.graph.names)}) with the images"
-            )
-        return {
-            name: head(torch.cat([h, self._encoded(pa, name).to(h)], 1))
-            for name, head in self.heads.items()
-        }
+        return {name: head(h) for name, head in self.heads.items()}
 
     def augmentation(self, x: Tensor) -> Tensor:
         """A random training-time variation of the images ``x`` (see ``augment``)."""
@@ -233,7 +185,7 @@ class AttributePredictor(pl.LightningModule):
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
         x = self.augmentation(batch["x"]) if stage == "train" else batch["x"]
-        raw = self._raw(x, batch["pa"])
+        raw = self._raw(x)
         losses, logs = [], {}
         for name, output in raw.items():
             variable, target = self.graph[name], batch["pa"][name]

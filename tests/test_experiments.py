@@ -47,7 +47,6 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     assert model.finetuning == FineTuning(
         init_ckpt="stage1.ckpt",
         judge_ckpt=None,
-        judge=cfg.model.cf_finetune.judge,
         slack=cfg.model.cf_finetune.slack,
         lagrange_lr=cfg.model.cf_finetune.lagrange_lr,
         lagrange_init=cfg.model.cf_finetune.lagrange_init,

@@ -42,11 +42,7 @@ def test_the_cache_key_covers_the_batch_size_and_each_setting(data_dir):
     paths = {predictor_cache_path(small, settings)}
     for name, value in [("epochs", 3), ("lr", 1e-4), ("seed", 7), ("augment", "none")]:
         paths.add(predictor_cache_path(small, {**settings, name: value}))
-    paths.add(predictor_cache_path(small, {**settings, "given": "others"}))
-    assert len(paths) == 6
-    # the judges cached before `given` existed read the image alone: their key stays
-    before = {k: v for k, v in settings.items() if k != "given"}
-    assert predictor_cache_path(small, settings) == predictor_cache_path(small, before)
+    assert len(paths) == 5
     # True and "shift" are one augmentation, so one judge
     assert judge_settings("finetune", augment=True) == judge_settings("finetune")
 
@@ -113,20 +109,3 @@ def test_an_empty_cached_judge_is_retrained_not_fatal(morpho):
     predictor, _ = load_or_train_predictor(morpho, role="heldout", progress=False, **TINY)
     assert path.stat().st_size > 0
     assert predictor.dataset_name == morpho.name
-
-
-def test_a_judge_given_the_other_attributes_reads_them_and_asks_for_them(morpho):
-    predictor, _ = train_predictor(morpho, progress=False, given="others", **TINY)
-    batch = next(iter(morpho.val_dataloader()))
-    x, pa = batch["x"], batch["pa"]
-    with pytest.raises(ValueError, match=r"given='others'\): pass every attribute's value"):
-        predictor(x)
-    with pytest.raises(ValueError, match="pass every attribute's value"):
-        predictor(x, {"digit": pa["digit"]})
-    predicted = predictor(x, pa)
-    assert set(predicted) == set(morpho.graph.names)
-    # the thickness head reads the intensity it is given, not only the image
-    brighter = {**pa, "intensity": pa["intensity"] * 1.5}
-    assert not torch.allclose(predicted["thickness"], predictor(x, brighter)["thickness"])
-    with pytest.raises(ValueError, match=r"unknown predictor given 'parents'"):
-        train_predictor(morpho, progress=False, given="parents", **TINY)

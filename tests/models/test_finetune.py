@@ -261,17 +261,3 @@ def test_a_judge_of_the_changed_attributes_scores_the_intervened_one_and_its_des
         assert float(loss) < float(every)  # the preserved attributes' terms are left out
     with pytest.raises(ValueError, match=r"judged must be one of \('all', 'changed'\)"):
         tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "judged": "intervened"})
-
-
-def test_a_judge_given_the_other_attributes_reads_the_intended_ones(morpho):
-    from metrics.judges import train_predictor
-
-    judge, _ = train_predictor(
-        morpho, epochs=1, progress=False, widths=(8, 16), features=16, given="others"
-    )
-    model = tiny("hvae", morpho, cf_finetune={"init_ckpt": "x", "judge": {"given": "others"}})
-    assert model.finetuning.judge == {"given": "others"}
-    model.attach_judge(judge, "given judge")
-    batch = next(iter(morpho.train_dataloader()))
-    model.counterfactual_loss(batch).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.head.parameters())
