@@ -24,13 +24,12 @@ Example:
 from __future__ import annotations
 
 import copy
-import fnmatch
 import hashlib
 import logging
 import math
 import pickle
 import zipfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -357,10 +356,6 @@ def sample(
     return Samples(image=image.clamp(0.0, 1.0).float(), parents=parents, do=resolved)
 
 
-#: What the judge's loss of counterfactual fine-tuning may score (:attr:`FineTuning.judged`).
-JUDGED = ("all", "changed")
-
-
 @dataclass(frozen=True)
 class FineTuning:
     """Settings of counterfactual fine-tuning (Ribeiro, Xia, Monteiro, Pawlowski & Glocker, ICML
@@ -385,16 +380,6 @@ class FineTuning:
             (:mod:`models.nn.augment`: ``"none"``, ``"shift"`` or ``"affine"``), so that the
             judge's loss can't be met through features only that one judge reads, pixel-exact
             ones, which another judge does not see.
-        judged: which counterfactual attributes the judge's loss scores: ``"all"`` (every one, so
-            fine-tuning also learns to keep the non-intervened ones) or ``"changed"`` (the
-            intervened attribute and the descendants the SCM recomputes). A judge trained on
-            observational data reads a preserved attribute partly through its correlates (Morpho-
-            MNIST's judges read a brighter stroke as thicker), so scoring it under an
-            intervention on a correlate teaches the decoder to bend the image against that
-            bias; ``"changed"`` leaves the preserved attributes to abduction.
-        freeze: glob patterns of the mechanism's parameter names (``net.named_parameters()``)
-            that fine-tuning keeps as pre-trained, e.g. ``["decoder.*.prior.*"]``: the HVAE's
-            conditional priors, through which abduction defines its noise.
     """
 
     init_ckpt: str | None = None
@@ -404,8 +389,6 @@ class FineTuning:
     lagrange_init: float = 1.0
     interventions: dict[str, float] | None = None
     augment: str = "none"
-    judged: str = "all"
-    freeze: tuple[str, ...] = ()
 
     #: names of checkpoints written before the fine-tuning task was shared by every family
     _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
@@ -421,20 +404,11 @@ class FineTuning:
             raise ValueError(f"cf_finetune has no setting(s) {unknown}; it takes {sorted(known)}")
         if settings.get("interventions") is not None:
             settings["interventions"] = cls._intervention_weights(settings["interventions"])
-        freeze = settings.get("freeze") or ()
-        if isinstance(freeze, str) or not all(isinstance(p, str) for p in freeze):
-            raise ValueError(
-                "cf_finetune's freeze must be a list of parameter-name patterns, e.g. "
-                f"[decoder.*.prior.*]; got {freeze!r}"
-            )
-        settings["freeze"] = tuple(freeze)
         parsed = cls(**settings)
         if parsed.augment not in AUGMENTATIONS:
             raise ValueError(
                 f"cf_finetune's augment must be one of {AUGMENTATIONS}, got {parsed.augment!r}"
             )
-        if parsed.judged not in JUDGED:
-            raise ValueError(f"cf_finetune's judged must be one of {JUDGED}, got {parsed.judged!r}")
         if parsed.slack < 0 or parsed.lagrange_lr < 0 or parsed.lagrange_init < 0:
             raise ValueError(
                 f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
@@ -463,22 +437,15 @@ class FineTuning:
         return {name: float(w) for name, w in weights.items()}
 
 
-def judge_loss(
-    judge: nn.Module,
-    images: Tensor,
-    target: Mapping[str, Tensor],
-    names: Collection[str] | None = None,
-) -> Tensor:
+def judge_loss(judge: nn.Module, images: Tensor, target: Mapping[str, Tensor]) -> Tensor:
     """The judge's training loss of ``images`` against attributes ``target``, differentiable in the
     images: L1 of each normalised continuous attribute plus cross-entropy of each categorical one.
 
-    Every attribute is scored unless ``names`` says which (:attr:`FineTuning.judged`).
+    Every attribute is scored, so fine-tuning also learns to keep the non-intervened ones.
     """
     raw = judge._raw(images)
     losses = []
     for variable in judge.graph.variables:
-        if names is not None and variable.name not in names:
-            continue
         output, value = raw[variable.name], target[variable.name]
         if variable.is_continuous:
             losses.append((output.squeeze(-1) - variable.normalise(value.float())).abs().mean())
@@ -797,8 +764,6 @@ class CounterfactualModel(pl.LightningModule):
                 "architecture settings."
             )
         self.scm.requires_grad_(False)  # the attribute mechanisms stay as pre-trained
-        for parameter in self.frozen_parameters(settings.freeze):
-            parameter.requires_grad_(False)
         if self.ema_net is not None:
             # Start from the weights that were evaluated, and average only fine-tuned ones.
             self.net.load_state_dict(self.ema_net.state_dict())
@@ -825,22 +790,6 @@ class CounterfactualModel(pl.LightningModule):
             cf_loss=cf_loss, lagrange=self.lagrange.clone(), loss_violation=violation.detach()
         )
         return cf_loss + self.lagrange * violation, logs
-
-    def frozen_parameters(self, patterns: Sequence[str]) -> list[nn.Parameter]:
-        """The mechanism's parameters whose names match any of ``patterns`` (glob).
-
-        Raises:
-            ValueError: a pattern that matches no parameter (a typo would freeze nothing).
-        """
-        named = dict(self.net.named_parameters())
-        for pattern in patterns:
-            if not any(fnmatch.fnmatchcase(name, pattern) for name in named):
-                examples = ", ".join(list(named)[:4])
-                raise ValueError(
-                    f"cf_finetune.freeze pattern {pattern!r} matches no parameter of the "
-                    f"{type(self.net).__name__}; its parameter names look like {examples}"
-                )
-        return [p for n, p in named.items() if any(fnmatch.fnmatchcase(n, q) for q in patterns)]
 
     def finetuning_interventions(self) -> dict[str, float]:
         """Each attribute counterfactual fine-tuning intervenes on, with its probability
@@ -887,13 +836,9 @@ class CounterfactualModel(pl.LightningModule):
         x, pa = batch["x"], batch["pa"]
         cf = counterfactual(self.net, self.scm, x, pa, self.finetuning_do(pa))
         judge = self._judge.to(x.device)
-        # a model built without cf_finetune settings (a judge attached by hand): the defaults
-        settings = self.finetuning or FineTuning()
-        images = augment(cf.image, settings.augment)
-        scored = None
-        if settings.judged == "changed":
-            scored = {d for name in cf.do for d in (name, *self.graph.descendants(name))}
-        return judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()}, scored)
+        # a model built without cf_finetune settings (a judge attached by hand) reads plain images
+        images = augment(cf.image, self.finetuning.augment if self.finetuning else "none")
+        return judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

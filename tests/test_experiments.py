@@ -54,8 +54,6 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
         if interventions is None
         else {k: float(w) for k, w in interventions.items()},
         augment=cfg.model.cf_finetune.augment,
-        judged=cfg.model.cf_finetune.judged,
-        freeze=tuple(cfg.model.cf_finetune.freeze),
     )
     assert cfg.trainer.max_epochs >= 1 and cfg.task_name == f"{family}_cf_morphomnist"
 
