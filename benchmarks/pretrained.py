@@ -81,7 +81,13 @@ RECIPES: dict[str, dict] = {
     "hvae-morphomnist": {"family": "hvae", "data": "morphomnist", "minutes": 24},
     "hvae_cf-morphomnist": {"family": "hvae_cf", "data": "morphomnist", "minutes": 24},
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
-    "flow_cf-morphomnist": {"family": "flow_cf", "data": "morphomnist", "minutes": 22},
+    # Shipped with 6 epochs of every attribute equally, experiment=flow_cf_morphomnist's recipe then
+    "flow_cf-morphomnist": {
+        "family": "flow_cf",
+        "data": "morphomnist",
+        "minutes": 22,
+        "stage": ["model.cf_finetune.interventions=null", "trainer.max_epochs=6"],
+    },
     "vae-pendulum": {"family": "vae", "data": "pendulum", "minutes": 20},
     "hvae-pendulum": {"family": "hvae", "data": "pendulum", "minutes": 20},
     "flow-pendulum": {"family": "flow", "data": "pendulum", "minutes": 12},
