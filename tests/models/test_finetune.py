@@ -10,7 +10,7 @@ import torch
 
 from metrics.soundness import composition
 from models import load_model
-from models.base import counterfactual, judge_loss
+from models.base import MAX_VIOLATION, counterfactual, judge_loss
 from tests.families import FAMILIES
 from tests.helpers import quiet_trainer, save_checkpoint
 
@@ -202,3 +202,20 @@ def test_an_augmented_judge_reads_a_varied_counterfactual_and_still_trains_the_d
 def test_an_unknown_finetuning_augmentation_is_named(morpho):
     with pytest.raises(ValueError, match=r"augment must be one of \('none', 'shift', 'affine'\)"):
         tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "augment": "blur"})
+
+
+def test_one_exploding_batch_moves_the_multiplier_by_a_bounded_step(morpho, tiny_predictor):
+    model = tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "lagrange_lr": 1.0})
+    model.attach_judge(tiny_predictor, "tiny judge")
+    model.loss_target.fill_(1.0)
+    batch = next(iter(morpho.train_dataloader()))
+    steps = []
+    for loss in (1.0 + 6.7e6, float("nan"), 1.0 - 1e3, 1.05):
+        before = float(model.lagrange)
+        model.finetuning_loss(batch, torch.tensor(loss), {})
+        steps.append(float(model.lagrange) - before)
+    # an explosion (or a NaN) counts as MAX_VIOLATION; a collapse as -MAX_VIOLATION (floored at 0);
+    # an ordinary violation as itself
+    assert steps[:2] == [pytest.approx(MAX_VIOLATION), pytest.approx(MAX_VIOLATION)]
+    assert steps[2] == pytest.approx(-MAX_VIOLATION)
+    assert steps[3] == pytest.approx(0.05, abs=1e-6)
