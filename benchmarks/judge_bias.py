@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 
 from datamodules import DATAMODULES  # noqa: E402
+from datamodules.base import evenly_spaced  # noqa: E402
 from metrics.judges import load_or_train_predictor  # noqa: E402
 from metrics.suite import draw_interventions  # noqa: E402
 
@@ -57,16 +58,23 @@ def measure(data: str, data_dir: str, images: int) -> list[dict]:
     judges = {}
     for role, batch_size in sizes.items():
         datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=batch_size)
+        datamodule.setup()  # the graph's normalisation, which a judge trained on first use needs
         judges[role], _ = load_or_train_predictor(datamodule, role=role, progress=False)
     datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=sizes["heldout"])
-    datamodule.setup("test")
+    datamodule.setup()
     graph = datamodule.graph
-    batches = [b for b in datamodule.test_dataloader()]
-    x = torch.cat([b["x"] for b in batches])[:images]
-    index = torch.cat([b["index"] for b in batches])[:images]
-    pa = {k: torch.cat([b["pa"][k] for b in batches])[:images] for k in graph.names}
     intervened = [n for n in graph.names if n in datamodule.ground_truth_variables]
-    draws = draw_interventions(graph.names, pa, 0)
+    if not intervened:
+        raise SystemExit(f"{data} has no true counterfactuals: choose a synthetic dataset")
+    batches = [b for b in datamodule.test_dataloader()]
+    every = {k: torch.cat([b["pa"][k] for b in batches]) for k in graph.names}
+    # evaluate.py's draw over the whole test split (its very interventions when every image is
+    # read), then evenly spaced images: the embedded split is sorted by digit
+    draws = draw_interventions(graph.names, every, 0)
+    picked = evenly_spaced(len(draws[graph.names[0]]), images)
+    x = torch.cat([b["x"] for b in batches])[picked]
+    index = torch.cat([b["index"] for b in batches])[picked]
+    pa = {k: v[picked] for k, v in every.items()}
 
     def read(images: torch.Tensor) -> dict[str, dict]:
         with torch.no_grad():
@@ -78,7 +86,7 @@ def measure(data: str, data_dir: str, images: int) -> list[dict]:
     factual = read(x)
     rows = []
     for name in intervened:
-        do = {name: pa[name][draws[name]]}
+        do = {name: every[name][draws[name][picked]]}
         truth, true_pa = datamodule.true_counterfactual(index, do)
         judged = read(truth)
         variable = graph[name]
@@ -156,7 +164,9 @@ def main(argv: list[str] | None = None) -> str:
         "--data", default="morphomnist", choices=sorted(DATAMODULES), help="a synthetic dataset"
     )
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
-    parser.add_argument("--images", type=int, default=1000, help="test images (the first N)")
+    parser.add_argument(
+        "--images", type=int, default=1000, help="test images, evenly spaced over the split"
+    )
     parser.add_argument("--out", default=None, help="write the table here too (markdown)")
     args = parser.parse_args(argv)
     command = "python benchmarks/judge_bias.py " + " ".join(

@@ -371,7 +371,7 @@ class FineTuning:
     The loss is the judge's loss on differentiable counterfactuals plus
     ``lagrange * (likelihood loss - (its pre-trained value + slack))``; the multiplier, kept
     ``>= 0``, follows gradient ascent with rate ``lagrange_lr``, each step's violation capped at
-    :data:`MAX_VIOLATION`. Abduction and the attribute SCM
+    :data:`MAX_VIOLATION` (a NaN one counts as that cap). Abduction and the attribute SCM
     stay frozen.
 
     Attributes:
