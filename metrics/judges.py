@@ -101,6 +101,10 @@ def train_predictor(
     datamodule's shuffling draws from torch's global generator), in a block that gives the
     caller's random state back afterwards.
     """
+    if getattr(datamodule, "train_set", None) is None:
+        # the graph's normalisation comes with setup(); a judge built before it would regress
+        # raw values and be cached under the same key as a proper one
+        datamodule.setup("fit")
     with seeded(seed):
         predictor = AttributePredictor(
             graph=datamodule.graph.to_dict(),

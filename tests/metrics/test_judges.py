@@ -109,3 +109,10 @@ def test_an_empty_cached_judge_is_retrained_not_fatal(morpho):
     predictor, _ = load_or_train_predictor(morpho, role="heldout", progress=False, **TINY)
     assert path.stat().st_size > 0
     assert predictor.dataset_name == morpho.name
+
+
+def test_a_judge_trained_from_a_datamodule_not_yet_set_up_sees_the_normalised_graph(data_dir):
+    fresh = MorphoMNISTDataModule(data_dir=str(data_dir), limit=500)
+    predictor, _ = train_predictor(fresh, progress=False, **TINY)
+    assert predictor.graph["intensity"].scale > 10  # natural units' spread, not the 1.0 default
+    assert predictor.graph == fresh.graph
