@@ -58,7 +58,6 @@ def measure(data: str, data_dir: str, images: int) -> list[dict]:
     judges = {}
     for role, batch_size in sizes.items():
         datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=batch_size)
-        datamodule.setup()  # the graph's normalisation, which a judge trained on first use needs
         judges[role], _ = load_or_train_predictor(datamodule, role=role, progress=False)
     datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=sizes["heldout"])
     datamodule.setup()
