@@ -237,9 +237,9 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
     )
     judges = results.get("judges") or {}
     heldout = (judges.get("effectiveness") or {}).get("settings") or {}
+    stage_command = " ".join([f"experiment={family}_morphomnist", *recipe.get("stage", [])])
     stage = (
-        f" Then its counterfactual fine-tuning stage "
-        f"(`{' '.join([f'experiment={family}_morphomnist', *recipe.get('stage', [])])}`, "
+        f" Then its counterfactual fine-tuning stage (`{stage_command}`, "
         f"{provenance['stage minutes']:.1f} min of the total, {provenance['steps']:,} optimiser "
         f"steps at batch {provenance['batch size']}) trained it against the `finetune` judge "
         f"(`{manifest.get('trained_against')}`), never the one that scores it."

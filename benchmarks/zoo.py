@@ -658,15 +658,19 @@ def main(argv: list[str] | None = None) -> Path:
             None,
         )
 
+    def train_overrides(name: str) -> list[str]:
+        """The train.py overrides of ``name`` beyond its launch: what runs is what is keyed."""
+        stage = args.stage_override if name in STAGES else []
+        return [*data, *args.train_override, *stage]
+
     def config_of(name: str) -> dict:
         launch = (
             [*STAGES[name][1], f"(from the {STAGES[name][0]} checkpoint)"]
             if name in STAGES
             else [f"model={name}"]
         )
-        stage = args.stage_override if name in STAGES else []
         return {
-            "train": [*launch, *data, *args.train_override, *stage],
+            "train": [*launch, *train_overrides(name)],
             "evaluate": [*data, *test_images, *args.eval_override],
             "minutes": args.minutes if name not in REFERENCES else 0,
         }
@@ -690,9 +694,8 @@ def main(argv: list[str] | None = None) -> Path:
             report = score(workdir, name, seed, config["evaluate"], [f"model={name}"])
             row["metrics"] = metrics_of(report)
         else:
-            overrides = [*data, *args.train_override]
+            overrides = train_overrides(name)
             if base_row is not None:
-                overrides += args.stage_override
                 trained = train_stage(workdir, name, seed, base_row["checkpoint"], overrides)
             else:
                 trained = train_with_budget(workdir, name, seed, args.minutes, overrides)
