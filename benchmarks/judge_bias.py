@@ -54,12 +54,15 @@ def size_bin(change: torch.Tensor) -> list[str]:
 
 
 def measure(data: str, data_dir: str, images: int) -> list[dict]:
-    sizes = batch_sizes(data)
-    judges = {}
-    for role, batch_size in sizes.items():
-        datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=batch_size)
-        judges[role], _ = load_or_train_predictor(datamodule, role=role, progress=False)
-    datamodule = DATAMODULES[data](data_dir=data_dir, batch_size=sizes["heldout"])
+    modules = {
+        role: DATAMODULES[data](data_dir=data_dir, batch_size=batch_size)
+        for role, batch_size in batch_sizes(data).items()
+    }
+    judges = {
+        role: load_or_train_predictor(module, role=role, progress=False)[0]
+        for role, module in modules.items()
+    }
+    datamodule = modules["heldout"]  # evaluate.py's loaders
     datamodule.setup()
     graph = datamodule.graph
     intervened = [n for n in graph.names if n in datamodule.ground_truth_variables]
