@@ -61,7 +61,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from metrics.judges import load_or_train_predictor
 
         judge, source = load_or_train_predictor(
-            datamodule, role="finetune", ckpt_path=model.finetuning.judge_ckpt
+            datamodule,
+            role="finetune",
+            ckpt_path=model.finetuning.judge_ckpt,
+            **(model.finetuning.judge or {}),
         )
         model.attach_judge(judge, source)
         datamodule.setup("fit")

@@ -10,7 +10,9 @@ read an attribute partly through its correlates, and counterfactual fine-tuning 
 pulls the model's counterfactuals towards that bias, away from the truth.
 
 For the judge of each role (``metrics/judges.py``: ``finetune`` trains the ``_cf`` models,
-``heldout`` scores effectiveness) and for morphometry (the model-free judge), each intervention
+``heldout`` scores effectiveness), for the fine-tuning judge's recipe trained on images where the
+ground-truth attributes vary independently (``interventional``, rendered by the dataset's true
+mechanism) and for morphometry (the model-free judge), each intervention
 of the suite (``evaluate.py``'s draw, seed 0) and each preserved attribute: the mean signed error
 (judged - true) or error rate, on the factual images and on the true counterfactuals, in bins of the
 intervention's size (the change of the intervened attribute in its standard deviations).
@@ -33,6 +35,9 @@ from datamodules import DATAMODULES  # noqa: E402
 from datamodules.base import evenly_spaced  # noqa: E402
 from metrics.judges import load_or_train_predictor  # noqa: E402
 from metrics.suite import draw_interventions  # noqa: E402
+
+#: The row name of the fine-tuning judge trained on interventional images.
+INTERVENTIONAL = "finetune, interventional"
 
 #: Bins of an intervention's size, in the intervened attribute's standard deviations.
 EDGES = (-1.0, -0.25, 0.25, 1.0)
@@ -58,16 +63,20 @@ def measure(data: str, data_dir: str, images: int) -> list[dict]:
         role: DATAMODULES[data](data_dir=data_dir, batch_size=batch_size)
         for role, batch_size in batch_sizes(data).items()
     }
-    judges = {
-        role: load_or_train_predictor(module, role=role, progress=False)[0]
-        for role, module in modules.items()
-    }
     datamodule = modules["heldout"]  # evaluate.py's loaders
     datamodule.setup()
     graph = datamodule.graph
     intervened = [n for n in graph.names if n in datamodule.ground_truth_variables]
     if not intervened:
         raise SystemExit(f"{data} has no true counterfactuals: choose a synthetic dataset")
+    judges = {
+        role: load_or_train_predictor(module, role=role, progress=False)[0]
+        for role, module in modules.items()
+    }
+    # the fine-tuning judge's recipe on images whose attributes vary independently
+    judges[INTERVENTIONAL] = load_or_train_predictor(
+        modules["finetune"], role="finetune", progress=False, interventional=intervened
+    )[0]
     batches = [b for b in datamodule.test_dataloader()]
     every = {k: torch.cat([b["pa"][k] for b in batches]) for k in graph.names}
     # evaluate.py's draw over the whole test split (its very interventions when every image is

@@ -59,8 +59,9 @@ def load_or_train(
     return model.eval()
 
 
-def fit_quietly(model: pl.LightningModule, datamodule, epochs: int, progress: bool) -> pl.Trainer:
-    """Fit ``model`` on one device, with no logger and no checkpoints of its own."""
+def fit_quietly(model: pl.LightningModule, epochs: int, progress: bool, **data: Any) -> pl.Trainer:
+    """Fit ``model`` on one device, with no logger and no checkpoints of its own; ``data`` is what
+    ``Trainer.fit`` takes: ``datamodule=...``, or ``train_dataloaders=...`` and ``val_dataloaders=...``."""
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="auto",
@@ -70,5 +71,5 @@ def fit_quietly(model: pl.LightningModule, datamodule, epochs: int, progress: bo
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, **data)
     return trainer

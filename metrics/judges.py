@@ -17,7 +17,7 @@ Morphometry (``datamodule.measure_attributes``) is the third, model-free judge.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,11 @@ ROLES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
     },
 }
-#: The settings a role has: the predictor's hyperparameters, its seed and its epochs.
-SETTINGS = tuple(ROLES["finetune"])
+#: The settings a judge has: the predictor's hyperparameters, its seed and its epochs, and
+#: ``interventional``: attributes drawn independently of the others in its training images
+#: (``CounterfactualDataModule.interventional_set``; synthetic data only). No role sets it: a
+#: judge trained on observational images is the one every dataset has.
+SETTINGS = (*ROLES["finetune"], "interventional")
 
 
 def judge_settings(role: str = "heldout", **overrides: Any) -> dict[str, Any]:
@@ -75,6 +78,11 @@ def judge_settings(role: str = "heldout", **overrides: Any) -> dict[str, Any]:
         )
     settings = {**ROLES[role], **{k: v for k, v in overrides.items() if v is not None}}
     settings["widths"] = [int(w) for w in settings["widths"]]
+    interventional = settings.pop("interventional", None) or []
+    if isinstance(interventional, str):
+        interventional = [interventional]
+    if interventional:  # absent when empty: the observational judges keep their cache keys
+        settings["interventional"] = sorted({str(name) for name in interventional})
     # one spelling per augmentation, so True and "shift" share a cache entry
     settings["augment"] = {True: "shift", False: "none"}.get(
         settings["augment"], settings["augment"]
@@ -93,18 +101,35 @@ def predictor_cache_path(datamodule, settings: Mapping[str, Any]) -> Path:
 
 
 def train_predictor(
-    datamodule, epochs: int = 30, progress: bool = True, seed: int = 0, **settings: Any
+    datamodule,
+    epochs: int = 30,
+    progress: bool = True,
+    seed: int = 0,
+    interventional: Sequence[str] = (),
+    **settings: Any,
 ) -> tuple[AttributePredictor, pl.Trainer]:
-    """Train an :class:`AttributePredictor` on the real training images of ``datamodule``.
+    """Train an :class:`AttributePredictor` on the training images of ``datamodule``.
 
     ``seed`` seeds the weights, the augmentation and the order of the training data (the
     datamodule's shuffling draws from torch's global generator), in a block that gives the
-    caller's random state back afterwards.
+    caller's random state back afterwards. ``interventional`` names attributes drawn
+    independently of the others in the training images, which the dataset's true mechanism
+    renders (``datamodule.interventional_set``); validation stays on the real images.
     """
     if getattr(datamodule, "train_set", None) is None:
         # the graph's normalisation comes with setup(); a judge built before it would regress
         # raw values and be cached under the same key as a proper one
         datamodule.setup("fit")
+    loaders: dict[str, Any] = {"datamodule": datamodule}
+    if interventional:
+        log.info(
+            "Rendering the judge's training images with %s drawn independently", interventional
+        )
+        train_set = datamodule.interventional_set(interventional, seed=seed)
+        loaders = {
+            "train_dataloaders": datamodule.loader(train_set, shuffle=True),
+            "val_dataloaders": datamodule.val_dataloader(),
+        }
     with seeded(seed):
         predictor = AttributePredictor(
             graph=datamodule.graph.to_dict(),
@@ -112,7 +137,7 @@ def train_predictor(
             dataset=datamodule.name,
             **settings,
         )
-        trainer = fit_quietly(predictor, datamodule, epochs, progress)
+        trainer = fit_quietly(predictor, epochs, progress, **loaders)
     return predictor.eval(), trainer
 
 
@@ -173,7 +198,8 @@ def load_or_train_predictor(
                 f"'{datamodule.name}'"
             )
         return predictor, source
-    hyperparameters = {k: v for k, v in settings.items() if k not in ("seed", "epochs")}
+    training = ("seed", "epochs", "interventional")
+    hyperparameters = {k: v for k, v in settings.items() if k not in training}
     predictor = load_or_train(
         Path(source),
         AttributePredictor,
@@ -182,6 +208,7 @@ def load_or_train_predictor(
             epochs=settings["epochs"],
             progress=progress,
             seed=settings["seed"],
+            interventional=settings.get("interventional", ()),
             **hyperparameters,
         ),
         f"{role} judge for {datamodule.name}",

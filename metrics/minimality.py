@@ -90,7 +90,7 @@ def load_or_train_vae(datamodule, progress: bool = True, **overrides: Any) -> tu
                 dataset=datamodule.name,
                 **{k: v for k, v in settings.items() if k not in ("epochs", "seed")},
             )
-            return vae, fit_quietly(vae, datamodule, settings["epochs"], progress)
+            return vae, fit_quietly(vae, settings["epochs"], progress, datamodule=datamodule)
 
     vae = load_or_train(path, ImageVAE, train, f"minimality VAE for {datamodule.name}")
     return vae, str(path.resolve())

@@ -378,6 +378,10 @@ class FineTuning:
         init_ckpt: the pre-trained model of the same family.
         judge_ckpt: the judge to train against; ``None``: the dataset's cached fine-tuning judge
             (``metrics.judges``, role ``finetune``), trained on first use.
+        judge: settings that replace the fine-tuning judge's (``metrics.judges.SETTINGS``) when
+            it is found or trained, e.g. ``{interventional: [thickness, intensity]}``: a judge
+            trained on images where those attributes vary independently, which the dataset's
+            true mechanism renders (synthetic data only).
         slack: nats per dimension the likelihood loss may lose.
         lagrange_lr: step of the multiplier's gradient ascent.
         lagrange_init: the multiplier's start.
@@ -392,6 +396,7 @@ class FineTuning:
 
     init_ckpt: str | None = None
     judge_ckpt: str | None = None
+    judge: dict[str, Any] | None = None
     slack: float = 0.0025
     lagrange_lr: float = 1.0
     lagrange_init: float = 1.0
@@ -412,6 +417,13 @@ class FineTuning:
             raise ValueError(f"cf_finetune has no setting(s) {unknown}; it takes {sorted(known)}")
         if settings.get("interventions") is not None:
             settings["interventions"] = cls._intervention_weights(settings["interventions"])
+        judge = settings.get("judge")
+        if judge is not None and not isinstance(judge, Mapping):
+            raise ValueError(
+                "cf_finetune's judge must be a mapping of judge settings, e.g. "
+                f"{{interventional: [thickness, intensity]}}; got {judge!r}"
+            )
+        settings["judge"] = dict(judge) if judge else None
         parsed = cls(**settings)
         if parsed.augment not in AUGMENTATIONS:
             raise ValueError(

@@ -47,6 +47,7 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     assert model.finetuning == FineTuning(
         init_ckpt="stage1.ckpt",
         judge_ckpt=None,
+        judge=None,
         slack=cfg.model.cf_finetune.slack,
         lagrange_lr=cfg.model.cf_finetune.lagrange_lr,
         lagrange_init=cfg.model.cf_finetune.lagrange_init,
@@ -56,6 +57,20 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
         augment=cfg.model.cf_finetune.augment,
     )
     assert cfg.trainer.max_epochs >= 1 and cfg.task_name == f"{family}_cf_morphomnist"
+
+
+def test_the_fine_tuning_judges_settings_reach_the_stage(morpho):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=hvae_cf_morphomnist",
+                "model.cf_finetune.init_ckpt=stage1.ckpt",
+                "model.cf_finetune.judge={interventional: [thickness, intensity]}",
+            ],
+        )
+    model = _build_model(cfg.model, morpho)
+    assert model.finetuning.judge == {"interventional": ["thickness", "intensity"]}
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

@@ -13,6 +13,7 @@ from metrics.judges import (
     train_predictor,
 )
 from models.nn.augment import random_affine
+from models.predictor import AttributePredictor
 
 #: A judge that trains in a second or two on the tiny dataset.
 TINY = {"widths": [8, 16], "features": 16, "epochs": 1}
@@ -116,3 +117,44 @@ def test_a_judge_trained_from_a_datamodule_not_yet_set_up_sees_the_normalised_gr
     predictor, _ = train_predictor(fresh, progress=False, **TINY)
     assert predictor.graph["intensity"].scale > 10  # natural units' spread, not the 1.0 default
     assert predictor.graph == fresh.graph
+
+
+def test_an_interventional_judge_is_its_own_cache_entry_and_trains_on_rendered_images(morpho):
+    plain = judge_settings("finetune", **TINY)
+    assert judge_settings("finetune", interventional=[], **TINY) == plain  # the same judge
+    settings = judge_settings("finetune", interventional=["thickness", "intensity"], **TINY)
+    assert settings["interventional"] == ["intensity", "thickness"]  # one spelling per set
+    assert judge_settings("finetune", interventional="intensity")["interventional"] == ["intensity"]
+    assert predictor_cache_path(morpho, settings) != predictor_cache_path(morpho, plain)
+    seen = []
+    fit = AttributePredictor.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(batch["x"])
+        return fit(self, batch, batch_idx)
+
+    train_set = morpho.train_set
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AttributePredictor, "training_step", spy)
+        predictor, source = load_or_train_predictor(
+            morpho, role="finetune", progress=False, interventional=["intensity"], **TINY
+        )
+    assert morpho.train_set is train_set  # the datamodule keeps its real training split
+    rendered = morpho.interventional_set(["intensity"], seed=settings["seed"])
+    expected = rendered.images.float().div(255.0)
+    # every training batch came from the rendered images (the augmentation only shifts them)
+    batch = torch.cat(seen)
+    assert len(batch) == len(rendered)
+    assert torch.allclose(
+        batch.sum(dim=(1, 2, 3)).sort().values, expected.sum(dim=(1, 2, 3)).sort().values, rtol=1e-4
+    )
+    assert source == str(
+        predictor_cache_path(
+            morpho, judge_settings("finetune", interventional=["intensity"], **TINY)
+        ).resolve()
+    )
+
+
+def test_an_interventional_judge_needs_ground_truth(morpho):
+    with pytest.raises(ValueError, match="renders are: thickness, intensity"):
+        load_or_train_predictor(morpho, role="finetune", interventional=["digit"], **TINY)

@@ -199,6 +199,13 @@ def test_an_augmented_judge_reads_a_varied_counterfactual_and_still_trains_the_d
     assert losses["none"] != pytest.approx(losses["affine"], rel=1e-4)
 
 
+def test_the_fine_tuning_judges_settings_must_be_a_mapping(morpho):
+    with pytest.raises(ValueError, match=r"judge must be a mapping of judge settings"):
+        tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "judge": ["intensity"]})
+    model = tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "judge": {"epochs": 3}})
+    assert model.finetuning.judge == {"epochs": 3}
+
+
 def test_an_unknown_finetuning_augmentation_is_named(morpho):
     with pytest.raises(ValueError, match=r"augment must be one of \('none', 'shift', 'affine'\)"):
         tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "augment": "blur"})
