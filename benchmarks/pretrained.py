@@ -58,6 +58,10 @@ PAPERS = {
     "with Probabilistic Causal Models*, ICML 2023 (the hierarchical VAE mechanism)",
     "flow": "Nasr-Esfahany, Alizadeh & Shah, *Counterfactual Identifiability of Bijective Causal "
     "Models*, ICML 2023; Pawlowski et al., NeurIPS 2020 (the bijective flow mechanism)",
+    "diffae": "Preechakul, Chatthee, Wizadwongsa & Suwajanakorn, *Diffusion Autoencoders: Toward a "
+    "Meaningful and Decodable Representation*, CVPR 2022; Sanchez & Tsaftaris, *Diffusion Causal "
+    "Models for Counterfactual Estimation*, CLeaR 2022 (the diffusion autoencoder mechanism, "
+    "here in a small latent space)",
 }
 FINETUNING_PAPER = (
     "counterfactual fine-tuning after Ribeiro et al., ICML 2023: the judge's loss on "
@@ -81,6 +85,7 @@ RECIPES: dict[str, dict] = {
     "hvae-morphomnist": {"family": "hvae", "data": "morphomnist", "minutes": 24},
     "hvae_cf-morphomnist": {"family": "hvae_cf", "data": "morphomnist", "minutes": 24},
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
+    "diffae-morphomnist": {"family": "diffae", "data": "morphomnist", "minutes": 30},
     # Shipped with 6 epochs of every attribute equally, experiment=flow_cf_morphomnist's recipe then
     "flow_cf-morphomnist": {
         "family": "flow_cf",
@@ -335,7 +340,7 @@ def limits(name: str, metrics: dict) -> list[str]:
                     f"counterfactuals is {fmt(key, value)}, {value / floor:.0f}x its error on "
                     f"real images ({fmt(key, floor)}). Look at the grid before relying on it."
                 )
-    if base_family(family) in ("vae", "hvae"):
+    if base_family(family) in ("vae", "hvae", "diffae"):
         lines.append(
             "- Counterfactuals keep the pixel residual by default, which makes the null "
             "intervention exact; `residual=False` gives the decoder alone (its composition is "
@@ -354,10 +359,22 @@ def limits(name: str, metrics: dict) -> list[str]:
             "error while the inverse stays within about +-35 in logit space). It has no pixel "
             "residual, so no decoder-alone figures."
         )
+    if base_family(family) == "diffae":
+        lines.append(
+            "- Each counterfactual is a deterministic DDIM inversion and a DDIM decoding (10 steps, "
+            "2 fixed-point refinements per inversion step by default): tens of counterfactuals per "
+            "second on a CPU, where the VAEs answer hundreds. `steps=` trades speed for accuracy "
+            "(benchmarks/results/diffae_steps.md)."
+        )
     return lines
 
 
-MECHANISMS = {"vae": "conditional VAE", "hvae": "hierarchical VAE", "flow": "conditional flow"}
+MECHANISMS = {
+    "vae": "conditional VAE",
+    "hvae": "hierarchical VAE",
+    "flow": "conditional flow",
+    "diffae": "diffusion autoencoder",
+}
 
 
 def export(name: str, row: dict, results: dict, out_dir: Path, data_dir: str) -> Path:
