@@ -4,13 +4,16 @@
     python benchmarks/zoo.py --families vae flow --minutes 10 --seeds 3
     python benchmarks/zoo.py --families vae_cf  # trains vae first when its row is missing
     python benchmarks/zoo.py --families diffae --eval-override options.steps=5   # slow on CPU
+    python benchmarks/zoo.py --families hvae --steps 7825 --minutes 72   # steps, not wall time
 
 For each family (and each training seed), `python train.py model=<family>` runs on embedded
 Morpho-MNIST for the same wall-clock budget (Lightning's max_time), then the full `evaluate.py`
 suite scores its last checkpoint. ``<family>_cf`` is a second stage, not a budgeted run: the
 counterfactual fine-tuning of experiment=<family>_cf_morphomnist, started from the same seed's
 ``<family>`` checkpoint (trained first, and given its own row, when this commit has none) and run
-for that experiment's epochs; its row states the stage's own wall minutes and the total. Every
+for that experiment's epochs; its row states the stage's own wall minutes and the total.
+``--steps N`` trains each model for N optimiser steps instead, ``--minutes`` then only capping
+it: the same run on a faster or busier machine (``pretrained.py --check`` uses it). Every
 seed trains and is scored on the same data (``data.seed=0``): the training seed varies the model,
 never the split, so no test digit is a training digit of another seed. The oracle (the dataset's
 true SCM) is scored as the floor.
@@ -146,6 +149,8 @@ def train_with_budget(
         ],
         run=run or f"{family}-seed{seed}",
     )
+    # over the budget, or the run's own wall time when a step limit ended it first
+    seconds = min(seconds, trained["wall_seconds"])
     trained["train_images_per_second"] = trained["steps"] * trained["batch_size"] / seconds
     return trained
 
@@ -545,6 +550,13 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES))
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train each model (not a fine-tuning stage) for this many optimiser steps, with "
+        "--minutes as a cap: a run that does not depend on the machine's speed",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per model")
     parser.add_argument(
         "--data",
@@ -661,7 +673,8 @@ def main(argv: list[str] | None = None) -> Path:
     def train_overrides(name: str) -> list[str]:
         """The train.py overrides of ``name`` beyond its launch: what runs is what is keyed."""
         stage = args.stage_override if name in STAGES else []
-        return [*data, *args.train_override, *stage]
+        steps = [f"trainer.max_steps={args.steps}"] if args.steps and name not in STAGES else []
+        return [*data, *args.train_override, *stage, *steps]
 
     def config_of(name: str) -> dict:
         launch = (
@@ -708,7 +721,8 @@ def main(argv: list[str] | None = None) -> Path:
                 batch_size=min(256, args.test_images or 256),
             )
             row.update(trained)
-            timing = {"training minutes": args.minutes}
+            # a step limit may end the run before the budget: its own wall time then
+            timing = {"training minutes": min(args.minutes, trained["wall_seconds"] / 60)}
             if base_row is not None:  # a stage's minutes come on top of its base model's
                 stage_minutes = trained["wall_seconds"] / 60
                 timing = {

@@ -276,5 +276,42 @@ def test_a_stage_override_reaches_the_fine_tuning_stage_only(
     assert "model.cf_finetune.augment=none" not in configs["vae"]
 
 
+def test_a_step_limit_reaches_the_base_models_and_their_minutes_are_their_own(
+    data_dir, tmp_path, monkeypatch, fake_zoo
+):
+    overrides = {}
+    for name in ("train_with_budget", "train_stage"):
+        fake = getattr(zoo, name)
+
+        def record(*args, fake=fake):
+            overrides[args[1]] = args[-1]
+            trained = fake(*args)
+            if args[1] == "vae":  # the step limit ended the run after 40 of the 120 s allowed
+                trained["wall_seconds"] = 40.0
+            return trained
+
+        monkeypatch.setattr(zoo, name, record)
+    argv = ["--families", "vae_cf", "--no-oracle", "--data-limit", "200", "--minutes", "2"]
+    argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "results")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--machine", "testbox", "--steps", "500"]
+    results = json.loads(zoo.main(argv).with_suffix(".json").read_text())
+    assert "trainer.max_steps=500" in overrides["vae"]
+    assert "trainer.max_steps=500" not in overrides["vae_cf"]  # a stage runs its epochs
+    rows = {n: results["models"][n]["rows"][0] for n in ("vae", "vae_cf")}
+    assert "trainer.max_steps=500" in rows["vae"]["config"]["train"]  # keyed: not a budget row
+    assert rows["vae"]["metrics"]["training minutes"] == pytest.approx(40 / 60)
+    assert rows["vae_cf"]["metrics"]["training minutes"] == pytest.approx(40 / 60 + 1.5)
+
+
+def test_a_check_trains_for_the_shipped_steps(monkeypatch):
+    import pretrained
+
+    manifests = {"hvae-morphomnist": {"provenance": {"steps": 7825}}}
+    monkeypatch.setattr(pretrained, "available", lambda: manifests)
+    assert pretrained.shipped_steps("hvae-morphomnist") == 7825
+    assert pretrained.shipped_steps("hvae_cf-morphomnist") == 7825  # its base's steps
+    assert pretrained.shipped_steps("vae-morphomnist") is None  # not shipped: the budget
+
+
 def results_date(path: Path) -> str:
     return path.stem.removeprefix("testbox-")
