@@ -358,7 +358,7 @@ def limits(name: str, metrics: dict) -> list[str]:
                     f"counterfactuals is {fmt(key, value)}, {value / floor:.0f}x its error on "
                     f"real images ({fmt(key, floor)}). Look at the grid before relying on it."
                 )
-    if base_family(family) in ("vae", "hvae", "diffae"):
+    if base_family(family) in ("vae", "hvae"):
         lines.append(
             "- Counterfactuals keep the pixel residual by default, which makes the null "
             "intervention exact; `residual=False` gives the decoder alone (its composition is "
@@ -379,10 +379,12 @@ def limits(name: str, metrics: dict) -> list[str]:
         )
     if base_family(family) == "diffae":
         lines.append(
-            "- Each counterfactual is a deterministic DDIM inversion and a DDIM decoding (10 steps, "
-            "2 fixed-point refinements per inversion step by default): tens of counterfactuals per "
-            "second on a CPU, where the VAEs answer hundreds. `steps=` trades speed for accuracy "
-            "(benchmarks/results/diffae_steps.md)."
+            "- Each counterfactual is a deterministic DDIM inversion and a DDIM decoding of the "
+            "latent (10 steps, 2 fixed-point refinements per inversion step by default), several "
+            "times slower than a VAE's (`counterfactuals/s` above); `steps=` trades speed for "
+            "accuracy (benchmarks/results/diffae_steps.md). The inversion is approximate, so the "
+            "null intervention is not exact even with the pixel residual (composition m=1 "
+            "above); `residual=False` gives the decoder alone."
         )
     return lines
 

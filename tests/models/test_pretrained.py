@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models import load_model
+from models.diffae import DiffusionAutoencoder
 from models.pretrained import PRETRAINED_DIR, available, load_pretrained, save_pretrained
 from tests.families import FAMILIES, fit_briefly
 
@@ -133,8 +134,11 @@ def test_a_shipped_model_loads_offline_and_answers(name, morpho, batch):
         pytest.skip(f"{name} is a {model.dataset_name} model; the fixture data are Morpho-MNIST")
     defaults = model.resolve_options({})
     null = model.counterfactual(batch["x"], batch["pa"], {})
-    if defaults.get("residual") or "residual" not in defaults:  # the residual, or a bijection
-        assert (null.image - batch["x"]).abs().max() < 1e-3
+    error = (null.image - batch["x"]).abs()
+    if isinstance(model, DiffusionAutoencoder):  # DDIM inversion is approximate
+        assert error.mean() * 255 <= 1.0  # issue 18's bound on the null intervention's L1
+    elif defaults.get("residual") or "residual" not in defaults:  # the residual, or a bijection
+        assert error.max() < 1e-3
     if "residual" in defaults:  # the decoder alone: a trained model's reconstruction
         decoder = model.counterfactual(batch["x"], batch["pa"], {}, residual=False)
         assert 0 < (decoder.image - batch["x"]).abs().mean() < 0.1
