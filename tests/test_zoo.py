@@ -251,18 +251,25 @@ def test_a_stage_alone_trains_its_base_model_first(data_dir, tmp_path, fake_zoo)
     ]
 
 
-def test_a_stage_override_reaches_the_fine_tuning_stage_only(
-    data_dir, tmp_path, monkeypatch, fake_zoo
-):
+def record_overrides(monkeypatch, adjust=lambda name, trained: trained) -> dict:
+    """Wrap the (fake) trainers so that each run's train.py overrides are recorded by name, and
+    ``adjust(name, trained)`` may change what a run returns."""
     overrides = {}
     for name in ("train_with_budget", "train_stage"):
         fake = getattr(zoo, name)
 
         def record(*args, fake=fake):
             overrides[args[1]] = args[-1]
-            return fake(*args)
+            return adjust(args[1], fake(*args))
 
         monkeypatch.setattr(zoo, name, record)
+    return overrides
+
+
+def test_a_stage_override_reaches_the_fine_tuning_stage_only(
+    data_dir, tmp_path, monkeypatch, fake_zoo
+):
+    overrides = record_overrides(monkeypatch)
     argv = ["--families", "vae_cf", "--no-oracle", "--data-limit", "200", "--minutes", "2"]
     argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "results")]
     argv += ["--work-dir", str(tmp_path / "work"), "--machine", "testbox"]
@@ -279,18 +286,12 @@ def test_a_stage_override_reaches_the_fine_tuning_stage_only(
 def test_a_step_limit_reaches_the_base_models_and_their_minutes_are_their_own(
     data_dir, tmp_path, monkeypatch, fake_zoo
 ):
-    overrides = {}
-    for name in ("train_with_budget", "train_stage"):
-        fake = getattr(zoo, name)
+    def step_limited(name, trained):
+        if name == "vae":  # the step limit ended the run after 40 of the 120 s allowed
+            trained["wall_seconds"] = 40.0
+        return trained
 
-        def record(*args, fake=fake):
-            overrides[args[1]] = args[-1]
-            trained = fake(*args)
-            if args[1] == "vae":  # the step limit ended the run after 40 of the 120 s allowed
-                trained["wall_seconds"] = 40.0
-            return trained
-
-        monkeypatch.setattr(zoo, name, record)
+    overrides = record_overrides(monkeypatch, step_limited)
     argv = ["--families", "vae_cf", "--no-oracle", "--data-limit", "200", "--minutes", "2"]
     argv += ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "results")]
     argv += ["--work-dir", str(tmp_path / "work"), "--machine", "testbox", "--steps", "500"]
