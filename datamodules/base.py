@@ -437,15 +437,15 @@ class CounterfactualDataModule(pl.LightningDataModule):
             ValueError: a name without ground truth here.
             RuntimeError: :meth:`setup` has not run.
         """
-        names = list(dict.fromkeys(names))
-        unknown = [n for n in names if n not in self.ground_truth_variables]
-        if not names or unknown:
+        chosen = set(names)
+        unknown = sorted(chosen - set(self.ground_truth_variables))
+        if not chosen or unknown:
             have = ", ".join(self.ground_truth_variables) or "none: its data are not synthetic"
             raise ValueError(
                 f"{self.name} can't render training images with {unknown or 'no'} attribute(s) "
                 f"drawn independently; the attributes its true mechanism renders are: {have}"
             )
-        names = [n for n in self.graph.names if n in names]  # one draw whatever the order given
+        names = [n for n in self.graph.names if n in chosen]  # one draw whatever the order given
         train = self.train_set
         if not isinstance(train, ImageAttributeDataset):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before interventional_set")
