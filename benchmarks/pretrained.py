@@ -85,8 +85,8 @@ RECIPES: dict[str, dict] = {
         "minutes": 25,
         "stage": ["model.cf_finetune.augment=none"],
     },
-    "hvae-morphomnist": {"family": "hvae", "data": "morphomnist", "minutes": 30},
-    "hvae_cf-morphomnist": {"family": "hvae_cf", "data": "morphomnist", "minutes": 30},
+    "hvae-morphomnist": {"family": "hvae", "data": "morphomnist", "minutes": 23},
+    "hvae_cf-morphomnist": {"family": "hvae_cf", "data": "morphomnist", "minutes": 23},
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
     "diffae-morphomnist": {"family": "diffae", "data": "morphomnist", "minutes": 30},
     # Shipped with 6 epochs of every attribute equally, experiment=flow_cf_morphomnist's recipe then
