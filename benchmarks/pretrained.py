@@ -53,6 +53,8 @@ NOISE_FLOOR = 0.10
 CHECK_CAP = 3
 #: A card flags an intervention whose held-out judge error is over WEAK x that judge's floor.
 WEAK = 5.0
+#: A ``_cf`` card flags a truth L1 that fine-tuning raised by more than issue 17's bound (5%).
+TRUTH_COST = 1.05
 
 PAPERS = {
     "vae": "Pawlowski, Castro & Glocker, *Deep Structural Causal Models for Tractable "
@@ -336,7 +338,7 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
         *(goals_section(metrics) if recipe["data"] == "morphomnist" else []),
         "## Known limits",
         "",
-        *limits(name, metrics),
+        *limits(name, metrics, base_metrics(results, family)),
         "",
         f"![counterfactuals of {name}]({name}.png)",
         "",
@@ -347,7 +349,17 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
     return "\n".join(lines)
 
 
-def limits(name: str, metrics: dict) -> list[str]:
+def base_metrics(results: dict, family: str) -> dict | None:
+    """The figures of a ``_cf`` model's base in the same results file (``None``: not a ``_cf``
+    model, or its base is not there)."""
+    if family == base_family(family):
+        return None
+    rows = results["models"].get(base_family(family), {}).get("rows", [])
+    return rows[0]["metrics"] if rows else None
+
+
+def limits(name: str, metrics: dict, base: dict | None = None) -> list[str]:
+    """The card's known limits; ``base``: the figures of a ``_cf`` model's base model."""
     family = RECIPES[name]["family"]
     lines = [
         "- Trained on the embedded 5,000-digit Morpho-MNIST, not the 60,000 digits of the "
@@ -377,6 +389,15 @@ def limits(name: str, metrics: dict) -> list[str]:
             "by the held-out judge here, and fine-tuning can move faint background pixels "
             "(see benchmarks/results/zoo-2026-12-06/notes.md)."
         )
+    for key, value in (base or {}).items():  # what fine-tuning cost against the true counterfactual
+        tuned = metrics.get(key, math.nan)
+        if key.startswith("truth L1 do(") and tuned > TRUTH_COST * value:
+            lines.append(
+                f"- Fine-tuning moved its {key.removeprefix('truth L1 ')} counterfactuals away "
+                f"from the true ones: truth L1 {fmt(key, tuned)} against its base model's "
+                f"{fmt(key, value)} (+{100 * (tuned / value - 1):.0f}%). By the truth, the base "
+                "model is the closer of the two for that intervention; compare the two grids."
+            )
     if base_family(family) == "flow":
         lines.append(
             "- The flow abducts exactly. `cf.image` is clipped to [0, 1]; `cf.unclipped` keeps "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -312,6 +313,46 @@ def test_a_check_trains_for_the_shipped_steps(monkeypatch):
     assert pretrained.shipped_steps("hvae-morphomnist") == 7825
     assert pretrained.shipped_steps("hvae_cf-morphomnist") == 7825  # its base's steps
     assert pretrained.shipped_steps("vae-morphomnist") is None  # not shipped: the budget
+
+
+def test_a_recipe_pins_its_overrides_for_every_stage_or_the_fine_tuning_stage(
+    monkeypatch, tmp_path
+):
+    import pretrained
+
+    launched = {}
+
+    def fake_zoo_main(argv):
+        family = argv[argv.index("--families") + 1 : argv.index("--minutes")][-1]
+        launched[family] = argv
+        markdown = tmp_path / f"{family}.md"
+        rows = {family: {"rows": [{"seed": 0}]}}
+        markdown.with_suffix(".json").write_text(json.dumps({"models": rows}))
+        return markdown
+
+    monkeypatch.setattr(pretrained.zoo, "main", fake_zoo_main)
+    args = argparse.Namespace(data_dir="data", work_dir=str(tmp_path), date="2026-12-06")
+    pretrained.measure("hvae-pendulum", args)  # shipped before the 16 px latents
+    assert "--train-override=model.levels=[[4,2],[8,2]]" in launched["hvae"]
+    pretrained.measure("vae_cf-morphomnist", args)  # shipped without the augmented judge
+    assert "--stage-override=model.cf_finetune.augment=none" in launched["vae_cf"]
+    assert not any(a.startswith("--train-override") for a in launched["vae_cf"])
+    pretrained.measure("hvae-morphomnist", args)  # today's defaults
+    assert not any(a.startswith(("--train-override", "--stage-override")) for a in launched["hvae"])
+
+
+def test_a_cf_card_says_where_fine_tuning_moved_away_from_the_truth():
+    import pretrained
+
+    base = {"truth L1 do(thickness)": 2.0, "truth L1 do(intensity)": 1.0}
+    tuned = {"truth L1 do(thickness)": 2.08, "truth L1 do(intensity)": 3.0}  # +4%, +200%
+    lines = pretrained.limits("hvae_cf-morphomnist", tuned, base)
+    flagged = [line for line in lines if "away from the true ones" in line]
+    assert len(flagged) == 1 and "do(intensity)" in flagged[0] and "+200%" in flagged[0]
+    assert not any("away from" in line for line in pretrained.limits("hvae-morphomnist", base))
+    results = {"models": {"hvae": {"rows": [{"metrics": base}]}}}
+    assert pretrained.base_metrics(results, "hvae_cf") == base
+    assert pretrained.base_metrics(results, "hvae") is None
 
 
 def results_date(path: Path) -> str:
