@@ -417,7 +417,7 @@ class HierarchicalVAE(CounterfactualModel):
         image_shape: Sequence[int],
         dataset: str = "unknown",
         width: int | Sequence[Sequence[int]] = 64,
-        levels: Sequence[Sequence[int]] = ((4, 2), (8, 2), (16, 4)),
+        levels: Sequence[Sequence[int]] = ((4, 2), (8, 2)),
         z_channels: int = 2,
         encoder_blocks: int | Sequence[Sequence[int]] = 1,
         patch: int = 2,
