@@ -96,11 +96,14 @@ RECIPES: dict[str, dict] = {
         "minutes": 23,
         "train": [FINE_LEVELS],
     },
+    # Fine-tuned against a judge trained on interventional images: with the 16 px latents it
+    # keeps do(intensity) near its base (benchmarks/results/finetune-2026-12-06/hvae-intensity.md)
     "hvae_cf-morphomnist": {
         "family": "hvae_cf",
         "data": "morphomnist",
         "minutes": 23,
         "train": [FINE_LEVELS],
+        "stage": ["model.cf_finetune.judge={interventional:[thickness,intensity]}"],
     },
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
     "diffae-morphomnist": {"family": "diffae", "data": "morphomnist", "minutes": 30},
