@@ -72,7 +72,7 @@ DEFAULT_FAMILIES = ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
 #: launched with ``model.cf_finetune.init_ckpt=<that checkpoint>``.
 STAGES = {
     f"{family}_cf": (family, [f"experiment={family}_cf_morphomnist"])
-    for family in ("vae", "hvae", "flow")
+    for family in ("vae", "hvae", "flow", "diffae")
 }
 #: The training data of every row: the evaluation's (evaluate.py's data seed is its ``seed``, 0).
 DATA_SEED = 0

@@ -145,7 +145,7 @@ class DiffAEMechanism(ImageMechanism):
         image_shape: ``(C, H, W)``.
         encoder_widths, latent_dim, causal_latent, block_dim, block_hidden, block_weight,
             scheduler, p_uncond, semantic_kl, steps, guidance_scale, inversion_iters, compile,
-            residual: see :class:`DiffusionAutoencoder`.
+            residual, grad_steps: see :class:`DiffusionAutoencoder`.
         unet: ``UNet2DModel`` settings.
         autoencoder: the first stage's settings (all of them,
             :class:`~models.nn.autoencoder.LatentAutoencoder`'s arguments but the image
@@ -172,11 +172,15 @@ class DiffAEMechanism(ImageMechanism):
         compile: bool = False,
         autoencoder: Mapping[str, Any] | None = None,
         residual: bool = True,
+        grad_steps: int | None = 1,
     ):
         options = dict(steps=steps, guidance_scale=guidance_scale, inversion_iters=inversion_iters)
         if autoencoder is not None:
             options["residual"] = residual  # the first stage's pixel residual (latent design)
         super().__init__(**options)
+        if grad_steps is not None and grad_steps < 0:
+            raise ValueError(f"grad_steps must be >= 0 or null (every step), got {grad_steps}")
+        self.grad_steps = grad_steps
         self.autoencoder = None
         if autoencoder is not None:
             self.autoencoder = LatentAutoencoder(image_shape[0], **autoencoder)
@@ -429,7 +433,7 @@ class DiffAEMechanism(ImageMechanism):
         else:
             semantic, attributes = noise.latent, self.parents(pa)
         model_fn = self.model_fn(semantic, attributes, guidance_scale)
-        y = ddim_sample(model_fn, noise.x_T, self.sampler, steps)
+        y = ddim_sample(model_fn, noise.x_T, self.sampler, steps, self.grad_steps)
         if self.autoencoder is None:
             return from_signed(y).clamp(0.0, 1.0)
         return self.autoencoder.decode(y).image(noise.residual or {}, residual)
@@ -472,6 +476,9 @@ class DiffusionAutoencoder(CounterfactualModel):
         guidance_scale: default guidance scale (1: no guidance).
         inversion_iters: default fixed-point refinements per inversion step.
         compile: wrap the UNet with ``torch.compile`` when it runs on CUDA (ignored on CPU).
+        grad_steps: the last DDIM steps of a differentiable counterfactual's sampling that carry
+            gradients, as counterfactual fine-tuning needs (truncated backpropagation, DRaFT-K of
+            Clark et al., ICLR 2024); ``None``: every step. Abduction never carries any.
     """
 
     def __init__(
@@ -500,6 +507,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
         compile: bool = False,
+        grad_steps: int | None = 1,
         scm: Mapping[str, Any] | None = None,
         scm_weight: float = 1.0,
         lr: float = 1e-3,
@@ -580,6 +588,7 @@ class DiffusionAutoencoder(CounterfactualModel):
                 compile=compile,
                 autoencoder=autoencoder,
                 residual=residual,
+                grad_steps=grad_steps,
             )
         )
 

@@ -105,12 +105,28 @@ def _check_steps(steps: int, total: int) -> int:
     return int(steps)
 
 
-def ddim_sample(model_fn: ModelFn, x_T: Tensor, sampler: DDIMScheduler, steps: int) -> Tensor:
-    """Run ``steps`` deterministic DDIM steps (``eta = 0``) from ``x_T`` to the clean end."""
+def ddim_sample(
+    model_fn: ModelFn,
+    x_T: Tensor,
+    sampler: DDIMScheduler,
+    steps: int,
+    grad_steps: int | None = None,
+) -> Tensor:
+    """Run ``steps`` deterministic DDIM steps (``eta = 0``) from ``x_T`` to the clean end.
+
+    Args:
+        grad_steps: where gradients are on, only the last ``grad_steps`` steps carry them (the
+            earlier ones run without): truncated backpropagation through the sampler, DRaFT-K
+            of Clark, Vlastelica, Swersky & Fleet (ICLR 2024). ``None``: every step.
+    """
     sampler.set_timesteps(_check_steps(steps, sampler.config.num_train_timesteps))
+    timesteps = sampler.timesteps.tolist()
+    first_with_grad = 0 if grad_steps is None else max(len(timesteps) - grad_steps, 0)
+    grad = torch.is_grad_enabled()
     x = x_T
-    for t in sampler.timesteps.tolist():
-        x = sampler.step(model_fn(x, t), t, x, eta=0.0).prev_sample
+    for i, t in enumerate(timesteps):
+        with torch.set_grad_enabled(grad and i >= first_with_grad):
+            x = sampler.step(model_fn(x, t), t, x, eta=0.0).prev_sample
     return x
 
 
