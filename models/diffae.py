@@ -172,7 +172,7 @@ class DiffAEMechanism(ImageMechanism):
         compile: bool = False,
         autoencoder: Mapping[str, Any] | None = None,
         residual: bool = True,
-        grad_steps: int | None = 1,
+        grad_steps: int | None = 3,
     ):
         options = dict(steps=steps, guidance_scale=guidance_scale, inversion_iters=inversion_iters)
         if autoencoder is not None:
@@ -507,7 +507,7 @@ class DiffusionAutoencoder(CounterfactualModel):
         guidance_scale: float = 1.0,
         inversion_iters: int = 2,
         compile: bool = False,
-        grad_steps: int | None = 1,
+        grad_steps: int | None = 3,
         scm: Mapping[str, Any] | None = None,
         scm_weight: float = 1.0,
         lr: float = 1e-3,

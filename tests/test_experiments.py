@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from models.base import FineTuning
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FAMILY_CLASSES = {"vae": "ConditionalVAE", "hvae": "HierarchicalVAE", "flow": "ConditionalFlow"}
+FAMILY_CLASSES = {
+    "vae": "ConditionalVAE",
+    "hvae": "HierarchicalVAE",
+    "flow": "ConditionalFlow",
+    "diffae": "DiffusionAutoencoder",
+}
 
 
 def _build_model(config, datamodule):
@@ -43,11 +49,11 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     model = _build_model(cfg.model, morpho)
     assert type(model).__name__ == FAMILY_CLASSES[family]
     # the experiment's settings, not the Python defaults, reach the stage (one place for each)
-    interventions = cfg.model.cf_finetune.interventions
+    interventions, judge = cfg.model.cf_finetune.interventions, cfg.model.cf_finetune.judge
     assert model.finetuning == FineTuning(
         init_ckpt="stage1.ckpt",
         judge_ckpt=None,
-        judge=None,
+        judge=None if judge is None else OmegaConf.to_container(judge),
         slack=cfg.model.cf_finetune.slack,
         lagrange_lr=cfg.model.cf_finetune.lagrange_lr,
         lagrange_init=cfg.model.cf_finetune.lagrange_init,

@@ -197,7 +197,8 @@ def fake_zoo(monkeypatch, tmp_path):
 
 def test_every_family_has_a_fine_tuning_stage():
     assert {
-        f"{f}_cf": (f, [f"experiment={f}_cf_morphomnist"]) for f in ("vae", "hvae", "flow")
+        f"{f}_cf": (f, [f"experiment={f}_cf_morphomnist"])
+        for f in ("vae", "hvae", "flow", "diffae")
     } == zoo.STAGES
     assert zoo.DEFAULT_FAMILIES == ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
 

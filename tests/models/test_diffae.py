@@ -10,6 +10,7 @@ import torch
 from metrics.soundness import composition
 from models import load_model
 from models.diffae import DiffusionAutoencoder
+from models.nn.diffusion import build_schedulers, ddim_sample
 from tests.families import fit_briefly, tiny_diffae
 from tests.helpers import save_checkpoint
 
@@ -253,6 +254,23 @@ def test_bad_settings_raise_clear_errors(morpho, trained, test_batch):
         build(morpho, autoencoder={"widths": [4] * 6})
     with pytest.raises(ValueError, match="no counterfactual option"):
         build(morpho, autoencoder=None).eval().counterfactual(x, pa, {}, residual=False)
+    with pytest.raises(ValueError, match="grad_steps must be >= 0"):
+        build(morpho, grad_steps=-1)
+
+
+@pytest.mark.parametrize(
+    ("grad_steps", "x_T_gets_gradient"), [(None, True), (2, False), (0, False)]
+)
+def test_only_the_last_grad_steps_of_sampling_carry_gradients(grad_steps, x_T_gets_gradient):
+    _, sampler, _ = build_schedulers()
+    weight = torch.tensor(0.5, requires_grad=True)
+    x_T = torch.randn(2, 1, 4, 4, requires_grad=True)
+    out = ddim_sample(lambda x, t: weight * x, x_T, sampler, 5, grad_steps)
+    assert out.requires_grad == (grad_steps != 0)
+    if out.requires_grad:
+        out.sum().backward()
+        assert (x_T.grad is not None) == x_T_gets_gradient
+        assert weight.grad is not None and weight.grad != 0
 
 
 def test_causal_blocks_follow_the_graph(causal, test_batch):

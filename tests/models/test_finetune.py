@@ -61,6 +61,31 @@ def test_the_judges_loss_trains_the_decoder_not_the_encoder(family, morpho, tiny
     assert all(p.grad is None for p in tiny_predictor.parameters())  # the judge stays frozen
 
 
+def test_the_judges_loss_reaches_the_last_sampling_steps_only(morpho, tiny_predictor):
+    """diffae: the judge's gradient trains the denoiser through the last ``grad_steps`` sampling
+    steps and the first stage's decoder; abduction (both encoders) gets none."""
+    model = tiny("diffae", morpho, steps=4, inversion_iters=0, grad_steps=2)
+    model.attach_judge(tiny_predictor, "tiny judge")
+    net = model.net
+    calls = []
+    unet_forward = net.unet.forward
+
+    def recorded(*args, **kwargs):
+        out = unet_forward(*args, **kwargs)
+        calls.append(out.sample.requires_grad)
+        return out
+
+    net.unet.forward = recorded
+    model.counterfactual_loss(next(iter(morpho.train_dataloader()))).backward()
+    # 4 inversion calls without gradients, then 4 sampling calls: only the last 2 carry them
+    assert calls == [False] * 6 + [True] * 2
+    assert all(
+        p.grad is None for part in (net.encoder, net.autoencoder.encoder) for p in part.parameters()
+    )
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.unet.parameters())
+    assert all(p.grad is not None for p in net.autoencoder.decoder.parameters())
+
+
 def test_the_flows_abducted_noise_carries_no_gradient(morpho, test_batch):
     model = tiny("flow", morpho).train()
     x, pa = test_batch["x"], test_batch["pa"]
