@@ -65,8 +65,8 @@ from metrics.judges import ROLES  # noqa: E402
 from models import load_model  # noqa: E402
 
 #: Families that train at the CPU default in minutes and whose full suite takes a few minutes
-#: here. The diffusion autoencoders' suite takes about 16 minutes each (40 UNet calls per
-#: counterfactual): add them with --families diffae causal_diffae.
+#: here. The diffusion autoencoders' suite takes several times longer (40 UNet calls per
+#: counterfactual): add them with --families diffae diffae_cf causal_diffae.
 DEFAULT_FAMILIES = ("vae", "vae_cf", "hvae", "hvae_cf", "flow", "flow_cf")
 #: Second stages: name -> (the family whose checkpoint they start from, their train.py overrides),
 #: launched with ``model.cf_finetune.init_ckpt=<that checkpoint>``.
