@@ -159,9 +159,13 @@ def shipped_steps(name: str) -> int | None:
     """The optimiser steps the shipped ``name`` (a ``_cf`` model: its shipped base) trained for
     under its budget, from the manifest; ``None`` when that model is not shipped."""
     recipe = RECIPES[name]
+    shipped = available()
+    # a _cf model records its own base's steps: its base need not be the shipped base model
+    own = (shipped.get(name) or {}).get("provenance", {}).get("base steps")
+    if own:
+        return int(own)
     base = f"{base_family(recipe['family'])}-{recipe['data']}"
-    manifest = available().get(base)
-    steps = (manifest or {}).get("provenance", {}).get("steps")
+    steps = (shipped.get(base) or {}).get("provenance", {}).get("steps")
     return int(steps) if steps else None
 
 
@@ -455,6 +459,9 @@ def export(name: str, row: dict, results: dict, out_dir: Path, data_dir: str) ->
     }
     if "stage minutes" in metrics:
         provenance["stage minutes"] = metrics["stage minutes"]
+    base_rows = results["models"].get(base_family(family), {}).get("rows", [])
+    if family != base_family(family) and base_rows:
+        provenance["base steps"] = base_rows[0]["steps"]
     tuned = "counterfactually fine-tuned " if family.endswith("_cf") else ""
     info = {
         "summary": f"A {tuned}{MECHANISMS[base_family(family)]} on "

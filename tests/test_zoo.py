@@ -314,6 +314,10 @@ def test_a_check_trains_for_the_shipped_steps(monkeypatch):
     assert pretrained.shipped_steps("hvae-morphomnist") == 7825
     assert pretrained.shipped_steps("hvae_cf-morphomnist") == 7825  # its base's steps
     assert pretrained.shipped_steps("vae-morphomnist") is None  # not shipped: the budget
+    # a _cf model whose base is not the shipped base model records that base's own steps
+    manifests["diffae-morphomnist"] = {"provenance": {"steps": 18152}}
+    manifests["diffae_cf-morphomnist"] = {"provenance": {"steps": 342, "base steps": 18649}}
+    assert pretrained.shipped_steps("diffae_cf-morphomnist") == 18649
 
 
 def test_a_recipe_pins_its_overrides_for_every_stage_or_the_fine_tuning_stage(
