@@ -367,13 +367,19 @@ def card(name: str, manifest: dict, row: dict, results: dict) -> str:
     return "\n".join(lines)
 
 
-def base_metrics(results: dict, family: str) -> dict | None:
-    """The figures of a ``_cf`` model's base in the same results file (``None``: not a ``_cf``
+def base_row(results: dict, family: str) -> dict | None:
+    """The row of a ``_cf`` model's base in the same results file (``None``: not a ``_cf``
     model, or its base is not there)."""
     if family == base_family(family):
         return None
     rows = results["models"].get(base_family(family), {}).get("rows", [])
-    return rows[0]["metrics"] if rows else None
+    return rows[0] if rows else None
+
+
+def base_metrics(results: dict, family: str) -> dict | None:
+    """The figures of a ``_cf`` model's base (:func:`base_row`), or ``None``."""
+    row = base_row(results, family)
+    return row["metrics"] if row else None
 
 
 def limits(name: str, metrics: dict, base: dict | None = None) -> list[str]:
@@ -459,9 +465,9 @@ def export(name: str, row: dict, results: dict, out_dir: Path, data_dir: str) ->
     }
     if "stage minutes" in metrics:
         provenance["stage minutes"] = metrics["stage minutes"]
-    base_rows = results["models"].get(base_family(family), {}).get("rows", [])
-    if family != base_family(family) and base_rows:
-        provenance["base steps"] = base_rows[0]["steps"]
+    base = base_row(results, family)
+    if base:
+        provenance["base steps"] = base["steps"]
     tuned = "counterfactually fine-tuned " if family.endswith("_cf") else ""
     info = {
         "summary": f"A {tuned}{MECHANISMS[base_family(family)]} on "
