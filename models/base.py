@@ -392,6 +392,11 @@ class FineTuning:
             (:mod:`models.nn.augment`: ``"none"``, ``"shift"`` or ``"affine"``), so that the
             judge's loss can't be met through features only that one judge reads, pixel-exact
             ones, which another judge does not see.
+        anchor: weight of a proximal term beside the judge's loss: the mean absolute difference,
+            on the 0-255 scale, between the counterfactual and the pre-trained model's
+            counterfactual of the same intervention (a frozen copy of ``init_ckpt``'s evaluated
+            weights). Fine-tuning then pays for every pixel it moves, so it moves those that the
+            judge's loss pays for. 0: off (Ribeiro et al.'s loss).
     """
 
     init_ckpt: str | None = None
@@ -402,6 +407,7 @@ class FineTuning:
     lagrange_init: float = 1.0
     interventions: dict[str, float] | None = None
     augment: str = "none"
+    anchor: float = 0.0
 
     #: names of checkpoints written before the fine-tuning task was shared by every family
     _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
@@ -429,9 +435,10 @@ class FineTuning:
             raise ValueError(
                 f"cf_finetune's augment must be one of {AUGMENTATIONS}, got {parsed.augment!r}"
             )
-        if parsed.slack < 0 or parsed.lagrange_lr < 0 or parsed.lagrange_init < 0:
+        if min(parsed.slack, parsed.lagrange_lr, parsed.lagrange_init, parsed.anchor) < 0:
             raise ValueError(
-                f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
+                "cf_finetune's slack, lagrange_lr, lagrange_init and anchor must be >= 0, got "
+                f"{parsed}"
             )
         return parsed
 
@@ -537,6 +544,8 @@ class CounterfactualModel(pl.LightningModule):
         self.register_buffer("loss_target", torch.tensor(float("nan")))
         # The judge of fine-tuning: kept out of the module tree, so it is neither trained nor saved.
         self.__dict__["_judge"] = None
+        # The pre-trained mechanism that FineTuning.anchor measures drift from (set up by setup).
+        self.__dict__["_anchor"] = None
         #: The source of the judge this model was fine-tuned against (``None``: never fine-tuned).
         self.trained_against: str | None = None
 
@@ -788,6 +797,8 @@ class CounterfactualModel(pl.LightningModule):
             # Start from the weights that were evaluated, and average only fine-tuned ones.
             self.net.load_state_dict(self.ema_net.state_dict())
             self.ema_updates.zero_()
+        if settings.anchor > 0:  # the pre-trained mechanism, frozen, outside the state dict
+            self.__dict__["_anchor"] = copy.deepcopy(self.net).requires_grad_(False)
         self.lagrange.fill_(settings.lagrange_init)
         log.info("Counterfactual fine-tuning against the judge %s", self.trained_against)
         batches = zip(range(8), self.trainer.datamodule.train_dataloader())
@@ -801,8 +812,12 @@ class CounterfactualModel(pl.LightningModule):
     def finetuning_loss(
         self, batch: Mapping[str, Any], likelihood_loss: Tensor, logs: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The Lagrangian: judge loss + multiplier * (likelihood loss - its allowed value)."""
-        cf_loss = self.counterfactual_loss(batch)
+        """The Lagrangian: judge loss (+ the anchor's term) + multiplier * (likelihood loss - its
+        allowed value)."""
+        cf_loss, drift = self._counterfactual_terms(batch, anchored=self._anchor is not None)
+        if drift is not None:
+            logs["anchor_l1"] = drift.detach()
+            cf_loss = cf_loss + self.finetuning.anchor * drift
         violation = likelihood_loss - self.loss_target
         with torch.no_grad():  # gradient ascent on the multiplier, kept >= 0
             step = violation.nan_to_num(MAX_VIOLATION).clamp(-MAX_VIOLATION, MAX_VIOLATION)
@@ -852,14 +867,28 @@ class CounterfactualModel(pl.LightningModule):
         (:func:`counterfactual` with the model's default options, pixel residual included), of
         the weights being trained.
         """
+        return self._counterfactual_terms(batch, anchored=False)[0]
+
+    def _counterfactual_terms(
+        self, batch: Mapping[str, Any], anchored: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The judge's loss of one random intervention's counterfactuals and, if ``anchored``,
+        their mean L1 distance (0-255) to the pre-trained mechanism's of the same intervention."""
         if self._judge is None:
             raise ValueError("no judge attached: call model.attach_judge(judge, source) first")
         x, pa = batch["x"], batch["pa"]
-        cf = counterfactual(self.net, self.scm, x, pa, self.finetuning_do(pa))
+        do = self.finetuning_do(pa)
+        cf = counterfactual(self.net, self.scm, x, pa, do)
         judge = self._judge.to(x.device)
         # a model built without cf_finetune settings (a judge attached by hand) reads plain images
         images = augment(cf.image, self.finetuning.augment if self.finetuning else "none")
-        return judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
+        loss = judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
+        if not anchored:
+            return loss, None
+        anchor = self._anchor.to(x.device).train(self.net.training)  # the same mode: 0 at start
+        with torch.no_grad():
+            reference = counterfactual(anchor, self.scm, x, pa, do).image
+        return loss, 255.0 * (cf.image - reference).abs().mean()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

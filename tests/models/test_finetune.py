@@ -251,3 +251,33 @@ def test_one_exploding_batch_moves_the_multiplier_by_a_bounded_step(morpho, tiny
     assert steps[:2] == [pytest.approx(MAX_VIOLATION), pytest.approx(MAX_VIOLATION)]
     assert steps[2] == pytest.approx(-MAX_VIOLATION)
     assert steps[3] == pytest.approx(0.05, abs=1e-6)
+
+
+def test_the_anchor_keeps_the_counterfactuals_near_the_pretrained_models(
+    morpho, tiny_predictor, tmp_path
+):
+    torch.manual_seed(0)
+    base = tiny("vae", morpho)
+    quiet_trainer(max_steps=20, limit_val_batches=0).fit(
+        base, train_dataloaders=morpho.train_dataloader()
+    )
+    stage1 = save_checkpoint(base, tmp_path / "stage1.ckpt")
+    batch = next(iter(morpho.val_dataloader()))
+    x, pa = batch["x"], batch["pa"]
+    do = {"thickness": pa["thickness"].flip(0)}
+    reference = load_model(stage1).counterfactual(x, pa, do).image
+    drift = {}
+    for anchor in (0.0, 10.0):
+        torch.manual_seed(0)
+        settings = {"init_ckpt": str(stage1), "slack": 0.05, "lagrange_lr": 0.1, "anchor": anchor}
+        model = tiny("vae", morpho, lr=3e-3, cf_finetune=settings)
+        model.attach_judge(tiny_predictor, "tiny judge")
+        quiet_trainer(max_steps=30, limit_val_batches=0).fit(model, datamodule=morpho)
+        image = model.eval().counterfactual(x, pa, do).image
+        drift[anchor] = float(255 * (image - reference).abs().mean())
+    assert drift[10.0] < 0.5 * drift[0.0], drift
+    # the pre-trained copy is neither trained nor saved
+    assert all(not p.requires_grad for p in model._anchor.parameters())
+    assert not any(k.startswith("_anchor") for k in model.state_dict())
+    with pytest.raises(ValueError, match="anchor must be >= 0"):
+        tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "anchor": -1})
