@@ -25,6 +25,17 @@ def tiny(family: str, morpho, **overrides):
     return model
 
 
+def pretrained(family: str, morpho, path):
+    """A stage-1 model to fine-tune: ``family`` trained for 20 steps from seed 0, saved at
+    ``path``."""
+    torch.manual_seed(0)
+    base = tiny(family, morpho)
+    quiet_trainer(max_steps=20, limit_val_batches=0).fit(
+        base, train_dataloaders=morpho.train_dataloader()
+    )
+    return save_checkpoint(base, path)
+
+
 def judged_loss(model, judge, datamodule) -> float:
     """A judge's loss on the model's counterfactuals (its evaluated weights, default options) of
     fixed random single-attribute interventions on two validation batches."""
@@ -112,13 +123,7 @@ def test_the_public_counterfactual_is_the_core_function(family, morpho, test_bat
 def test_finetuning_lowers_a_held_out_judges_loss(
     family, morpho, tiny_predictor, held_out_judge, tmp_path
 ):
-    torch.manual_seed(0)
-    base = tiny(family, morpho)
-    quiet_trainer(max_steps=20, limit_val_batches=0).fit(
-        base, train_dataloaders=morpho.train_dataloader()
-    )
-    stage1 = tmp_path / "stage1.ckpt"
-    save_checkpoint(base, stage1)
+    stage1 = pretrained(family, morpho, tmp_path / "stage1.ckpt")
     settings = {"init_ckpt": str(stage1), "slack": 0.05, "lagrange_lr": 0.1}
     finetuned = tiny(family, morpho, lr=3e-3, cf_finetune=settings)
     finetuned.attach_judge(tiny_predictor, "tiny judge")
@@ -256,12 +261,7 @@ def test_one_exploding_batch_moves_the_multiplier_by_a_bounded_step(morpho, tiny
 def test_the_anchor_keeps_the_counterfactuals_near_the_pretrained_models(
     morpho, tiny_predictor, tmp_path
 ):
-    torch.manual_seed(0)
-    base = tiny("vae", morpho)
-    quiet_trainer(max_steps=20, limit_val_batches=0).fit(
-        base, train_dataloaders=morpho.train_dataloader()
-    )
-    stage1 = save_checkpoint(base, tmp_path / "stage1.ckpt")
+    stage1 = pretrained("vae", morpho, tmp_path / "stage1.ckpt")
     batch = next(iter(morpho.val_dataloader()))
     x, pa = batch["x"], batch["pa"]
     do = {"thickness": pa["thickness"].flip(0)}
