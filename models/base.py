@@ -396,7 +396,10 @@ class FineTuning:
             on the 0-255 scale, between the counterfactual and the pre-trained model's
             counterfactual of the same intervention (a frozen copy of ``init_ckpt``'s evaluated
             weights). Fine-tuning then pays for every pixel it moves, so it moves those that the
-            judge's loss pays for. 0: off (Ribeiro et al.'s loss).
+            judge's loss pays for. One weight for every intervention, or a mapping of attribute
+            names to weights, the weight of the step's intervened attribute (0 for a name it
+            leaves out): an intervention meant to move many pixels, such as do(digit), can go
+            unanchored while the others are held. 0: off (Ribeiro et al.'s loss).
     """
 
     init_ckpt: str | None = None
@@ -407,7 +410,7 @@ class FineTuning:
     lagrange_init: float = 1.0
     interventions: dict[str, float] | None = None
     augment: str = "none"
-    anchor: float = 0.0
+    anchor: float | dict[str, float] = 0.0
 
     #: names of checkpoints written before the fine-tuning task was shared by every family
     _RENAMED = {"elbo_slack": "slack", "predictor_ckpt": "judge_ckpt"}
@@ -423,6 +426,8 @@ class FineTuning:
             raise ValueError(f"cf_finetune has no setting(s) {unknown}; it takes {sorted(known)}")
         if settings.get("interventions") is not None:
             settings["interventions"] = cls._intervention_weights(settings["interventions"])
+        if isinstance(settings.get("anchor"), Mapping):
+            settings["anchor"] = {str(k): v for k, v in settings["anchor"].items()}
         judge = settings.get("judge")
         if judge is not None and not isinstance(judge, Mapping):
             raise ValueError(
@@ -435,12 +440,30 @@ class FineTuning:
             raise ValueError(
                 f"cf_finetune's augment must be one of {AUGMENTATIONS}, got {parsed.augment!r}"
             )
-        if min(parsed.slack, parsed.lagrange_lr, parsed.lagrange_init, parsed.anchor) < 0:
+        if min(parsed.slack, parsed.lagrange_lr, parsed.lagrange_init) < 0:
             raise ValueError(
-                "cf_finetune's slack, lagrange_lr, lagrange_init and anchor must be >= 0, got "
-                f"{parsed}"
+                f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
+            )
+        anchors = parsed.anchor.values() if isinstance(parsed.anchor, dict) else [parsed.anchor]
+        if not all(_is_weight(w) for w in anchors):
+            raise ValueError(
+                "cf_finetune's anchor must be >= 0: one weight, e.g. 0.3, or a mapping of "
+                f"attribute names to weights, e.g. {{thickness: 0.3, intensity: 0.3}}; got "
+                f"{parsed.anchor!r}"
             )
         return parsed
+
+    def anchor_weight(self, name: str) -> float:
+        """The anchor's weight on a step that intervenes on ``name``."""
+        if isinstance(self.anchor, dict):
+            return float(self.anchor.get(name, 0.0))
+        return float(self.anchor)
+
+    @property
+    def anchored(self) -> bool:
+        """Whether any intervention is anchored."""
+        weights = self.anchor.values() if isinstance(self.anchor, dict) else [self.anchor]
+        return any(w > 0 for w in weights)
 
     @staticmethod
     def _intervention_weights(interventions: Any) -> dict[str, float]:
@@ -451,10 +474,7 @@ class FineTuning:
             weights = {str(name): 1.0 for name in interventions}
         else:
             weights = {}
-        valid = all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-            for w in weights.values()
-        )
+        valid = all(_is_weight(w) for w in weights.values())
         if not weights or not valid or not sum(weights.values()) > 0:
             raise ValueError(
                 "cf_finetune's interventions must be a list of attribute names, e.g. [digit, "
@@ -462,6 +482,12 @@ class FineTuning:
                 f"{{digit: 2, thickness: 1, intensity: 1}}; got {interventions!r}"
             )
         return {name: float(w) for name, w in weights.items()}
+
+
+def _is_weight(value: Any) -> bool:
+    """A finite number >= 0 (not a bool)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value >= 0
 
 
 def judge_loss(judge: nn.Module, images: Tensor, target: Mapping[str, Tensor]) -> Tensor:
@@ -783,7 +809,12 @@ class CounterfactualModel(pl.LightningModule):
                 f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
-        self.finetuning_interventions()  # unknown names fail before any work
+        chances = self.finetuning_interventions()  # unknown names fail before any work
+        if isinstance(settings.anchor, dict) and set(settings.anchor) - set(chances):
+            raise ValueError(
+                f"cf_finetune.anchor names {sorted(set(settings.anchor) - set(chances))}, which "
+                f"fine-tuning does not intervene on; it intervenes on {', '.join(chances)}"
+            )
         migrate_checkpoint(checkpoint)
         missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
         if missing or unexpected:
@@ -797,7 +828,7 @@ class CounterfactualModel(pl.LightningModule):
             # Start from the weights that were evaluated, and average only fine-tuned ones.
             self.net.load_state_dict(self.ema_net.state_dict())
             self.ema_updates.zero_()
-        if settings.anchor > 0:  # the pre-trained mechanism, frozen, outside the state dict
+        if settings.anchored:  # the pre-trained mechanism, frozen, outside the state dict
             self.__dict__["_anchor"] = copy.deepcopy(self.net).requires_grad_(False)
         self.lagrange.fill_(settings.lagrange_init)
         log.info("Counterfactual fine-tuning against the judge %s", self.trained_against)
@@ -814,10 +845,10 @@ class CounterfactualModel(pl.LightningModule):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The Lagrangian: judge loss (+ the anchor's term) + multiplier * (likelihood loss - its
         allowed value)."""
-        cf_loss, drift = self._counterfactual_terms(batch, anchored=self._anchor is not None)
+        cf_loss, name, drift = self._counterfactual_terms(batch, anchored=self._anchor is not None)
         if drift is not None:
             logs["anchor_l1"] = drift.detach()
-            cf_loss = cf_loss + self.finetuning.anchor * drift
+            cf_loss = cf_loss + self.finetuning.anchor_weight(name) * drift
         violation = likelihood_loss - self.loss_target
         with torch.no_grad():  # gradient ascent on the multiplier, kept >= 0
             step = violation.nan_to_num(MAX_VIOLATION).clamp(-MAX_VIOLATION, MAX_VIOLATION)
@@ -871,24 +902,26 @@ class CounterfactualModel(pl.LightningModule):
 
     def _counterfactual_terms(
         self, batch: Mapping[str, Any], anchored: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """The judge's loss of one random intervention's counterfactuals and, if ``anchored``,
-        their mean L1 distance (0-255) to the pre-trained mechanism's of the same intervention."""
+    ) -> tuple[Tensor, str, Tensor | None]:
+        """The judge's loss of one random intervention's counterfactuals, the intervened
+        attribute, and, if ``anchored`` and the anchor weighs that attribute, the counterfactuals'
+        mean L1 distance (0-255) to the pre-trained mechanism's of the same intervention."""
         if self._judge is None:
             raise ValueError("no judge attached: call model.attach_judge(judge, source) first")
         x, pa = batch["x"], batch["pa"]
         do = self.finetuning_do(pa)
+        (name,) = do
         cf = counterfactual(self.net, self.scm, x, pa, do)
         judge = self._judge.to(x.device)
         # a model built without cf_finetune settings (a judge attached by hand) reads plain images
         images = augment(cf.image, self.finetuning.augment if self.finetuning else "none")
         loss = judge_loss(judge, images, {k: v.detach() for k, v in cf.parents.items()})
-        if not anchored:
-            return loss, None
+        if not anchored or self.finetuning.anchor_weight(name) == 0:
+            return loss, name, None
         anchor = self._anchor.to(x.device).train(self.net.training)  # the same mode: 0 at start
         with torch.no_grad():
             reference = counterfactual(anchor, self.scm, x, pa, do).image
-        return loss, 255.0 * (cf.image - reference).abs().mean()
+        return loss, name, 255.0 * (cf.image - reference).abs().mean()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -281,3 +281,39 @@ def test_the_anchor_keeps_the_counterfactuals_near_the_pretrained_models(
     assert not any(k.startswith("_anchor") for k in model.state_dict())
     with pytest.raises(ValueError, match="anchor must be >= 0"):
         tiny("vae", morpho, cf_finetune={"init_ckpt": "x", "anchor": -1})
+
+
+def test_an_anchor_per_attribute_weighs_only_the_steps_that_intervene_on_its_names(
+    morpho, tiny_predictor, tmp_path
+):
+    stage1 = pretrained("vae", morpho, tmp_path / "stage1.ckpt")
+    settings = {"init_ckpt": str(stage1), "anchor": {"thickness": 10.0, "digit": 0.0}}
+    model = tiny("vae", morpho, lr=3e-3, cf_finetune=settings)
+    model.attach_judge(tiny_predictor, "tiny judge")
+    quiet_trainer(max_steps=5, limit_val_batches=0).fit(model, datamodule=morpho)
+    batch = next(iter(morpho.train_dataloader()))
+    drifts = {}
+    for _ in range(30):
+        _, name, drift = model._counterfactual_terms(batch, anchored=True)
+        drifts.setdefault(name, []).append(drift)
+    assert set(drifts) == {"thickness", "intensity", "digit"}, drifts.keys()
+    assert all(d is not None and float(d.detach()) > 0 for d in drifts["thickness"])
+    assert all(d is None for d in drifts["intensity"] + drifts["digit"])  # left out, or 0
+    assert model.finetuning.anchor_weight("thickness") == 10.0
+
+
+@pytest.mark.parametrize(
+    ("anchor", "message"),
+    [
+        ({"thickness": -1}, "anchor must be >= 0"),
+        ({"thickness": float("nan")}, "anchor must be >= 0"),
+        ("strong", "anchor must be >= 0"),
+        ({"colour": 0.3}, r"cf_finetune.anchor names \['colour'\]"),
+    ],
+)
+def test_bad_anchors_are_named(morpho, tiny_predictor, tmp_path, anchor, message):
+    with pytest.raises(ValueError, match=message):
+        stage1 = save_checkpoint(tiny("vae", morpho), tmp_path / "stage1.ckpt")
+        model = tiny("vae", morpho, cf_finetune={"init_ckpt": str(stage1), "anchor": anchor})
+        model.attach_judge(tiny_predictor, "tiny judge")
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=morpho)
