@@ -18,8 +18,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 __all__ = ["check_override_types"]
 
 _MISSING = object()
-#: Settings whose default is null, so that it can't tell their type.
-_NULLABLE = {
+#: Settings whose default can't tell their type: it is null, or a number where a mapping is
+#: allowed too.
+_DECLARED = {
+    "model.cf_finetune.anchor": (
+        "a number or a mapping of attribute names to numbers, e.g. {thickness: 0.3}",
+        (int, float, DictConfig),
+    ),
     "data.limit": ("a whole number", (int,)),
     "test_images": ("a whole number", (int,)),
     "trainer.limit_train_batches": ("a number", (int, float)),
@@ -65,7 +70,7 @@ def check_override_types(cfg: DictConfig, config_name: str) -> None:
             continue
         key = override.split("=", 1)[0].lstrip("+~")
         default, value = _select(reference, key), _select(cfg, key)
-        kind = _NULLABLE.get(key) or (_kind(default) if default is not _MISSING else None)
+        kind = _DECLARED.get(key) or (_kind(default) if default is not _MISSING else None)
         if kind is None or value is _MISSING or value is None:
             continue
         name, types = kind

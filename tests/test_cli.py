@@ -457,6 +457,29 @@ def test_a_mistyped_setting_fails_first_naming_its_key(script, override, message
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.parametrize(
+    ("anchor", "accepted"),
+    [("0.3", True), ("{thickness:0.3,intensity:0.3}", True), ("strong", False)],
+)
+def test_the_anchor_override_takes_a_weight_or_one_per_attribute(anchor, accepted):
+    from hydra.core.hydra_config import HydraConfig
+
+    from models.config_types import check_override_types
+
+    overrides = ["experiment=hvae_cf_morphomnist", f"model.cf_finetune.anchor={anchor}"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            if accepted:
+                check_override_types(cfg, "train")
+            else:
+                with pytest.raises(ValueError, match="anchor must be a number or a mapping"):
+                    check_override_types(cfg, "train")
+        finally:
+            HydraConfig.instance().cfg = None
+
+
 @pytest.fixture
 def exported(trained, tmp_path):
     """The trained checkpoint exported as a pretrained model (safetensors and its manifest)."""
