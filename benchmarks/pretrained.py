@@ -99,13 +99,17 @@ RECIPES: dict[str, dict] = {
         "train": [FINE_LEVELS],
     },
     # Fine-tuned against a judge trained on interventional images: with the 16 px latents it
-    # keeps do(intensity) near its base (benchmarks/results/finetune-2026-12-06/hvae-intensity.md)
+    # keeps do(intensity) near its base (benchmarks/results/finetune-2026-12-06/hvae-intensity.md).
+    # Shipped without the anchor, which experiment=hvae_cf_morphomnist has set since.
     "hvae_cf-morphomnist": {
         "family": "hvae_cf",
         "data": "morphomnist",
         "minutes": 23,
         "train": [FINE_LEVELS],
-        "stage": ["model.cf_finetune.judge={interventional:[thickness,intensity]}"],
+        "stage": [
+            "model.cf_finetune.judge={interventional:[thickness,intensity]}",
+            "model.cf_finetune.anchor=0",
+        ],
     },
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
     "diffae-morphomnist": {"family": "diffae", "data": "morphomnist", "minutes": 30},
