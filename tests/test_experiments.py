@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from models.base import FineTuning
@@ -50,6 +50,7 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
     assert type(model).__name__ == FAMILY_CLASSES[family]
     # the experiment's settings, not the Python defaults, reach the stage (one place for each)
     interventions, judge = cfg.model.cf_finetune.interventions, cfg.model.cf_finetune.judge
+    anchor = cfg.model.cf_finetune.anchor
     assert model.finetuning == FineTuning(
         init_ckpt="stage1.ckpt",
         judge_ckpt=None,
@@ -61,6 +62,7 @@ def test_the_fine_tuning_experiment_builds_its_familys_stage(family, morpho):
         if interventions is None
         else {k: float(w) for k, w in interventions.items()},
         augment=cfg.model.cf_finetune.augment,
+        anchor=OmegaConf.to_container(anchor) if isinstance(anchor, DictConfig) else anchor,
     )
     assert cfg.trainer.max_epochs >= 1 and cfg.task_name == f"{family}_cf_morphomnist"
 
