@@ -444,8 +444,7 @@ class FineTuning:
             raise ValueError(
                 f"cf_finetune's slack, lagrange_lr and lagrange_init must be >= 0, got {parsed}"
             )
-        anchors = parsed.anchor.values() if isinstance(parsed.anchor, dict) else [parsed.anchor]
-        if not all(_is_weight(w) for w in anchors):
+        if not all(_is_weight(w) for w in parsed._anchor_weights()):
             raise ValueError(
                 "cf_finetune's anchor must be >= 0: one weight, e.g. 0.3, or a mapping of "
                 f"attribute names to weights, e.g. {{thickness: 0.3, intensity: 0.3}}; got "
@@ -462,8 +461,10 @@ class FineTuning:
     @property
     def anchored(self) -> bool:
         """Whether any intervention is anchored."""
-        weights = self.anchor.values() if isinstance(self.anchor, dict) else [self.anchor]
-        return any(w > 0 for w in weights)
+        return any(w > 0 for w in self._anchor_weights())
+
+    def _anchor_weights(self) -> list[Any]:
+        return list(self.anchor.values()) if isinstance(self.anchor, dict) else [self.anchor]
 
     @staticmethod
     def _intervention_weights(interventions: Any) -> dict[str, float]:
@@ -810,10 +811,13 @@ class CounterfactualModel(pl.LightningModule):
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
         chances = self.finetuning_interventions()  # unknown names fail before any work
-        if isinstance(settings.anchor, dict) and set(settings.anchor) - set(chances):
+        stray = (
+            sorted(set(settings.anchor) - set(chances)) if isinstance(settings.anchor, dict) else []
+        )
+        if stray:
             raise ValueError(
-                f"cf_finetune.anchor names {sorted(set(settings.anchor) - set(chances))}, which "
-                f"fine-tuning does not intervene on; it intervenes on {', '.join(chances)}"
+                f"cf_finetune.anchor names {stray}, which fine-tuning does not intervene on; it "
+                f"intervenes on {', '.join(chances)}"
             )
         migrate_checkpoint(checkpoint)
         missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
