@@ -100,7 +100,7 @@ RECIPES: dict[str, dict] = {
     },
     # Fine-tuned against a judge trained on interventional images: with the 16 px latents it
     # keeps do(intensity) near its base (benchmarks/results/finetune-2026-12-06/hvae-intensity.md).
-    # With the experiment's per-attribute anchor, which keeps its truth L1 near its base's.
+    # Shipped without the anchor, which experiment=hvae_cf_morphomnist has set since.
     "hvae_cf-morphomnist": {
         "family": "hvae_cf",
         "data": "morphomnist",
@@ -108,6 +108,7 @@ RECIPES: dict[str, dict] = {
         "train": [FINE_LEVELS],
         "stage": [
             "model.cf_finetune.judge={interventional:[thickness,intensity]}",
+            "model.cf_finetune.anchor=0",
         ],
     },
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
