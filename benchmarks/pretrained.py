@@ -113,8 +113,14 @@ RECIPES: dict[str, dict] = {
     },
     "flow-morphomnist": {"family": "flow", "data": "morphomnist", "minutes": 22},
     "diffae-morphomnist": {"family": "diffae", "data": "morphomnist", "minutes": 30},
-    # A shorter base than diffae-morphomnist's, so that base and stage fit the 30 minutes
-    "diffae_cf-morphomnist": {"family": "diffae_cf", "data": "morphomnist", "minutes": 23},
+    # A shorter base than diffae-morphomnist's, so that base and stage fit the 30 minutes.
+    # Shipped without the anchor, which experiment=diffae_cf_morphomnist has set since.
+    "diffae_cf-morphomnist": {
+        "family": "diffae_cf",
+        "data": "morphomnist",
+        "minutes": 23,
+        "stage": ["model.cf_finetune.anchor=0"],
+    },
     # Shipped with 6 epochs of every attribute equally, experiment=flow_cf_morphomnist's recipe then
     "flow_cf-morphomnist": {
         "family": "flow_cf",

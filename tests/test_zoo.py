@@ -340,6 +340,8 @@ def test_a_recipe_pins_its_overrides_for_every_stage_or_the_fine_tuning_stage(
     pretrained.measure("hvae_cf-morphomnist", args)  # 16 px latents, in both stages
     assert "--train-override=model.levels=[[4,2],[8,2],[16,4]]" in launched["hvae_cf"]
     assert "--stage-override=model.cf_finetune.anchor=0" in launched["hvae_cf"]  # shipped without
+    pretrained.measure("diffae_cf-morphomnist", args)
+    assert "--stage-override=model.cf_finetune.anchor=0" in launched["diffae_cf"]  # shipped without
     pretrained.measure("vae_cf-morphomnist", args)  # shipped without the augmented judge
     assert "--stage-override=model.cf_finetune.augment=none" in launched["vae_cf"]
     assert not any(a.startswith("--train-override") for a in launched["vae_cf"])
