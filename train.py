@@ -23,7 +23,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from datamodules.base import CounterfactualDataModule
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
-from models.base import CounterfactualModel, check_resumable
+from models.base import (
+    DATA_SPEC_KEY,
+    CounterfactualModel,
+    check_resumable,
+    check_same_data,
+    data_spec,
+)
 from models.config_types import check_override_types
 from models.loading import read_checkpoint
 
@@ -56,6 +62,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resumed is not None:
         check_resumable(resumed, model, cfg.ckpt_path)
     if getattr(model, "finetuning", None) is not None:
+        if model.finetuning.init_ckpt:  # before a judge is trained for data the base never saw
+            base = read_checkpoint(model.finetuning.init_ckpt)
+            check_same_data(
+                model.finetuning.init_ckpt, base.get(DATA_SPEC_KEY), data_spec(datamodule)
+            )
         # The judge of fine-tuning is the dataset's "finetune" judge; evaluate.py scores with
         # another one, trained apart (a judge that trains a model never scores it).
         from metrics.judges import load_or_train_predictor

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import pickle
@@ -69,6 +70,9 @@ CHECKPOINT_FORMAT_KEY = "cfzoo_format"
 CHECKPOINT_FORMAT = 2
 #: Key of the judge a fine-tuned model was trained against (its source), so none scores it.
 TRAINED_AGAINST_KEY = "cfzoo_trained_against"
+#: Key of the spec of the data a model was trained on (its datamodule's ``spec``, the cache key),
+#: so that a fine-tuning stage on other data (another split) is refused.
+DATA_SPEC_KEY = "cfzoo_data_spec"
 
 
 @dataclass
@@ -573,6 +577,8 @@ class CounterfactualModel(pl.LightningModule):
         self.__dict__["_judge"] = None
         # The pre-trained mechanism that FineTuning.anchor measures drift from (set up by setup).
         self.__dict__["_anchor"] = None
+        # The spec of the data of the current fit (set up by setup), which checkpoints record.
+        self.__dict__["_fit_data_spec"] = None
         #: The source of the judge this model was fine-tuned against (``None``: never fine-tuned).
         self.trained_against: str | None = None
 
@@ -791,7 +797,11 @@ class CounterfactualModel(pl.LightningModule):
         self.trained_against = str(source)
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.finetuning is None:
+        if stage != "fit":
+            return
+        # once per fit: a spec may read files (a folder's), and every checkpoint records it
+        self.__dict__["_fit_data_spec"] = data_spec(getattr(self._trainer, "datamodule", None))
+        if self.finetuning is None:
             return
         settings = self.finetuning
         if not settings.init_ckpt:
@@ -810,6 +820,7 @@ class CounterfactualModel(pl.LightningModule):
                 f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
+        check_same_data(settings.init_ckpt, checkpoint.get(DATA_SPEC_KEY), self._fit_data_spec)
         chances = self.finetuning_interventions()  # unknown names fail before any work
         stray = (
             sorted(set(settings.anchor) - set(chances)) if isinstance(settings.anchor, dict) else []
@@ -932,6 +943,8 @@ class CounterfactualModel(pl.LightningModule):
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
         checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
         checkpoint[TRAINED_AGAINST_KEY] = self.trained_against
+        if self._fit_data_spec is not None:
+            checkpoint[DATA_SPEC_KEY] = self._fit_data_spec
         stamp_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -1042,6 +1055,37 @@ def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Pa
             f"{path} does not fit the configured {own} ({len(problems)} difference(s): "
             f"{'; '.join(problems[:3])}): resume with the model.* settings of the run that wrote "
             "it (its .hydra/config.yaml)"
+        )
+
+
+def data_spec(datamodule: Any) -> dict[str, Any] | None:
+    """A datamodule's ``spec`` (the settings that shape its arrays) as plain JSON values, which a
+    checkpoint loads without unpickling; ``None`` if it states none."""
+    try:
+        spec = datamodule.spec if datamodule is not None else None
+    except (AttributeError, NotImplementedError):
+        return None
+    return json.loads(json.dumps(spec, default=str)) if isinstance(spec, Mapping) else None
+
+
+def check_same_data(init_ckpt: str | Path, base: Mapping | None, here: Mapping | None) -> None:
+    """Refuse a fine-tuning stage whose data differ from its base's (a checkpoint from before the
+    spec was recorded, or a datamodule without one, is not checked).
+
+    Raises:
+        ValueError: naming each setting that differs, with both values. Other data mean another
+            split: the stage would train on images the base held out for testing.
+    """
+    if base is None or here is None:
+        return
+    differ = sorted(key for key in set(base) | set(here) if base.get(key) != here.get(key))
+    if differ:
+        settings = ", ".join(f"{k}: {base.get(k)!r} there, {here.get(k)!r} here" for k in differ)
+        raise ValueError(
+            f"{init_ckpt} was trained on other data than this fine-tuning stage ({settings}). "
+            "Fine-tune on the base's data, e.g. data.seed=<the base's seed> (data.seed follows "
+            "seed= unless set): other data have another split, so the stage would train on "
+            "images the base held out for testing."
         )
 
 

@@ -105,6 +105,27 @@ def test_train_refuses_to_resume_another_architecture_before_training(trained, d
     assert not list(tmp_path.rglob("*.ckpt"))  # refused before any training
 
 
+def test_a_fine_tuning_stage_on_another_draw_of_the_data_is_refused_before_its_judge(
+    trained, data_dir, tmp_path, monkeypatch
+):
+    _, metrics = trained
+
+    def no_judge(*args, **kwargs):
+        raise AssertionError("a judge was trained for data the base never saw")
+
+    monkeypatch.setattr("metrics.judges.load_or_train_predictor", no_judge)
+    cfg = compose_train(
+        data_dir,
+        tmp_path,
+        "experiment=vae_cf_morphomnist",
+        f"model.cf_finetune.init_ckpt={metrics['last_ckpt']}",
+        "seed=1",  # data.seed follows it: another split than the base's
+    )
+    with pytest.raises(ValueError, match=r"other data than this fine-tuning stage \(seed: 0 there"):
+        train_script.train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_train_rejects_a_missing_checkpoint(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

@@ -10,7 +10,7 @@ import torch
 
 from metrics.soundness import composition
 from models import load_model
-from models.base import MAX_VIOLATION, counterfactual, judge_loss
+from models.base import DATA_SPEC_KEY, MAX_VIOLATION, counterfactual, judge_loss
 from tests.families import FAMILIES
 from tests.helpers import quiet_trainer, save_checkpoint
 
@@ -317,3 +317,27 @@ def test_bad_anchors_are_named(morpho, tiny_predictor, tmp_path, anchor, message
         model = tiny("vae", morpho, cf_finetune={"init_ckpt": str(stage1), "anchor": anchor})
         model.attach_judge(tiny_predictor, "tiny judge")
         quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=morpho)
+
+
+def test_a_stage_on_other_data_than_its_bases_is_refused(morpho, tiny_predictor, tmp_path):
+    torch.manual_seed(0)
+    base = tiny("vae", morpho)
+    quiet_trainer(max_steps=2, limit_val_batches=0).fit(base, datamodule=morpho)
+    path = save_checkpoint(base, tmp_path / "stage1.ckpt")
+    checkpoint = torch.load(path, weights_only=True)  # plain values: loads without unpickling
+    assert checkpoint[DATA_SPEC_KEY]["seed"] == 0 and checkpoint[DATA_SPEC_KEY]["dataset"]
+
+    def fine_tune(init_ckpt):
+        model = tiny("vae", morpho, cf_finetune={"init_ckpt": str(init_ckpt)})
+        model.attach_judge(tiny_predictor, "tiny judge")
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=morpho)
+        return model
+
+    assert fine_tune(path).global_step == 1  # the base's data
+    checkpoint[DATA_SPEC_KEY]["seed"] = 1  # as if trained with data.seed=1
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"seed: 1 there, 0 here.*data\.seed="):
+        fine_tune(tmp_path / "other.ckpt")
+    del checkpoint[DATA_SPEC_KEY]  # a checkpoint from before the spec was recorded
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    assert fine_tune(tmp_path / "old.ckpt").global_step == 1
