@@ -24,7 +24,6 @@ from datamodules.base import CounterfactualDataModule
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
 from models.base import (
-    DATA_SPEC_KEY,
     CounterfactualModel,
     check_resumable,
     check_same_data,
@@ -64,9 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if getattr(model, "finetuning", None) is not None:
         if model.finetuning.init_ckpt:  # before a judge is trained for data the base never saw
             base = read_checkpoint(model.finetuning.init_ckpt)
-            check_same_data(
-                model.finetuning.init_ckpt, base.get(DATA_SPEC_KEY), data_spec(datamodule)
-            )
+            check_same_data(model.finetuning.init_ckpt, base, data_spec(datamodule))
         # The judge of fine-tuning is the dataset's "finetune" judge; evaluate.py scores with
         # another one, trained apart (a judge that trains a model never scores it).
         from metrics.judges import load_or_train_predictor

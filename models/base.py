@@ -820,7 +820,7 @@ class CounterfactualModel(pl.LightningModule):
                 f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
-        check_same_data(settings.init_ckpt, checkpoint.get(DATA_SPEC_KEY), self._fit_data_spec)
+        check_same_data(settings.init_ckpt, checkpoint, self._fit_data_spec)
         chances = self.finetuning_interventions()  # unknown names fail before any work
         stray = (
             sorted(set(settings.anchor) - set(chances)) if isinstance(settings.anchor, dict) else []
@@ -1068,14 +1068,16 @@ def data_spec(datamodule: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(spec, default=str)) if isinstance(spec, Mapping) else None
 
 
-def check_same_data(init_ckpt: str | Path, base: Mapping | None, here: Mapping | None) -> None:
-    """Refuse a fine-tuning stage whose data differ from its base's (a checkpoint from before the
-    spec was recorded, or a datamodule without one, is not checked).
+def check_same_data(init_ckpt: str | Path, checkpoint: Mapping, here: Mapping | None) -> None:
+    """Refuse a fine-tuning stage whose data (``here``: :func:`data_spec`) differ from those its
+    base ``checkpoint`` recorded (a checkpoint from before the spec was recorded, or a datamodule
+    without one, is not checked).
 
     Raises:
         ValueError: naming each setting that differs, with both values. Other data mean another
             split: the stage would train on images the base held out for testing.
     """
+    base = checkpoint.get(DATA_SPEC_KEY)
     if base is None or here is None:
         return
     differ = sorted(key for key in set(base) | set(here) if base.get(key) != here.get(key))
