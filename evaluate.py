@@ -36,7 +36,7 @@ from metrics.realism import Realism
 from metrics.report import write_report
 from metrics.rng import seeded
 from metrics.suite import Shard, SuiteSettings, intervention_variables, run_suite
-from models.base import CounterfactualModel
+from models.base import CounterfactualModel, check_same_data, data_spec
 from models.config_types import check_override_types
 from models.loading import load_model, source_sha256
 from models.pretrained import load_pretrained
@@ -77,6 +77,7 @@ def build_model(cfg: DictConfig, datamodule) -> CounterfactualModel:
             f"{source} models attributes {model.graph.names}, the data have "
             f"{datamodule.graph.names}"
         )
+    check_same_data(source, model.trained_on, data_spec(datamodule), "evaluate")
     return model
 
 

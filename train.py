@@ -24,6 +24,7 @@ from datamodules.base import CounterfactualDataModule
 from datamodules.cache import ensure_writable
 from metrics.figures import counterfactual_grid
 from models.base import (
+    DATA_SPEC_KEY,
     CounterfactualModel,
     check_resumable,
     check_same_data,
@@ -58,12 +59,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dataset=datamodule.name,
         _convert_="all",
     )
+    here = data_spec(datamodule)
     if resumed is not None:
         check_resumable(resumed, model, cfg.ckpt_path)
+        check_same_data(cfg.ckpt_path, resumed.get(DATA_SPEC_KEY), here, "resume")
     if getattr(model, "finetuning", None) is not None:
         if model.finetuning.init_ckpt:  # before a judge is trained for data the base never saw
             base = read_checkpoint(model.finetuning.init_ckpt)
-            check_same_data(model.finetuning.init_ckpt, base, data_spec(datamodule))
+            check_same_data(model.finetuning.init_ckpt, base.get(DATA_SPEC_KEY), here, "fine-tune")
         # The judge of fine-tuning is the dataset's "finetune" judge; evaluate.py scores with
         # another one, trained apart (a judge that trains a model never scores it).
         from metrics.judges import load_or_train_predictor

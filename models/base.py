@@ -577,8 +577,9 @@ class CounterfactualModel(pl.LightningModule):
         self.__dict__["_judge"] = None
         # The pre-trained mechanism that FineTuning.anchor measures drift from (set up by setup).
         self.__dict__["_anchor"] = None
-        # The spec of the data of the current fit (set up by setup), which checkpoints record.
-        self.__dict__["_fit_data_spec"] = None
+        #: The spec of the data it was trained on (:func:`data_spec`; set by a fit's setup and by
+        #: loading), which checkpoints record; ``None``: unknown.
+        self.trained_on: dict[str, Any] | None = None
         #: The source of the judge this model was fine-tuned against (``None``: never fine-tuned).
         self.trained_against: str | None = None
 
@@ -800,7 +801,7 @@ class CounterfactualModel(pl.LightningModule):
         if stage != "fit":
             return
         # once per fit: a spec may read files (a folder's), and every checkpoint records it
-        self.__dict__["_fit_data_spec"] = data_spec(getattr(self._trainer, "datamodule", None))
+        self.trained_on = data_spec(getattr(self._trainer, "datamodule", None))
         if self.finetuning is None:
             return
         settings = self.finetuning
@@ -820,7 +821,9 @@ class CounterfactualModel(pl.LightningModule):
                 f"{settings.init_ckpt} holds a {checkpoint.get(CHECKPOINT_CLASS_KEY)}, not a "
                 f"{type(self).__name__}: fine-tune a checkpoint of the same family"
             )
-        check_same_data(settings.init_ckpt, checkpoint, self._fit_data_spec)
+        check_same_data(
+            settings.init_ckpt, checkpoint.get(DATA_SPEC_KEY), self.trained_on, "fine-tune"
+        )
         chances = self.finetuning_interventions()  # unknown names fail before any work
         stray = (
             sorted(set(settings.anchor) - set(chances)) if isinstance(settings.anchor, dict) else []
@@ -943,13 +946,14 @@ class CounterfactualModel(pl.LightningModule):
         checkpoint[CHECKPOINT_CLASS_KEY] = type(self).__name__
         checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
         checkpoint[TRAINED_AGAINST_KEY] = self.trained_against
-        if self._fit_data_spec is not None:
-            checkpoint[DATA_SPEC_KEY] = self._fit_data_spec
+        if self.trained_on is not None:
+            checkpoint[DATA_SPEC_KEY] = self.trained_on
         stamp_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         migrate_checkpoint(checkpoint)
         self.trained_against = checkpoint.get(TRAINED_AGAINST_KEY)
+        self.trained_on = checkpoint.get(DATA_SPEC_KEY, self.trained_on)
 
 
 def _to(pa: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -1068,27 +1072,63 @@ def data_spec(datamodule: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(spec, default=str)) if isinstance(spec, Mapping) else None
 
 
-def check_same_data(init_ckpt: str | Path, checkpoint: Mapping, here: Mapping | None) -> None:
-    """Refuse a fine-tuning stage whose data (``here``: :func:`data_spec`) differ from those its
-    base ``checkpoint`` recorded (a checkpoint from before the spec was recorded, or a datamodule
-    without one, is not checked).
+#: What a check of the data is for: (the run, what another split would do to it).
+_DATA_USES = {
+    "fine-tune": (
+        "this fine-tuning stage",
+        "the stage would train on images the base held out for testing",
+    ),
+    "resume": ("this run", "the resumed run would train on images it held out for testing"),
+    "evaluate": ("this evaluation", "its test images would include images the model trained on"),
+}
+
+#: The data settings that draw the split (``data.<name>=...``). The rest of a spec (the files'
+#: place and dates, the generator's version) may differ: a copied folder splits the same way.
+SPLIT_SETTINGS = ("source", "seed", "limit", "val_fraction", "test_fraction")
+
+
+def check_same_data(
+    source: str | Path, trained_on: Mapping | None, here: Mapping | None, use: str
+) -> None:
+    """Refuse to fine-tune, resume or evaluate a model (from ``source``) on another split of its
+    data than the one it was trained on.
+
+    Args:
+        trained_on: the :func:`data_spec` its checkpoint recorded (``None``, from before the spec
+            was recorded, is not checked).
+        here: this run's :func:`data_spec`.
+        use: ``"fine-tune"``, ``"resume"`` or ``"evaluate"``: what the message says.
 
     Raises:
-        ValueError: naming each setting that differs, with both values. Other data mean another
-            split: the stage would train on images the base held out for testing.
+        ValueError: naming each of :data:`SPLIT_SETTINGS` that differs, with both values, and the
+            overrides that give the model's split back.
     """
-    base = checkpoint.get(DATA_SPEC_KEY)
-    if base is None or here is None:
+    if trained_on is None or here is None:
         return
-    differ = sorted(key for key in set(base) | set(here) if base.get(key) != here.get(key))
-    if differ:
-        settings = ", ".join(f"{k}: {base.get(k)!r} there, {here.get(k)!r} here" for k in differ)
-        raise ValueError(
-            f"{init_ckpt} was trained on other data than this fine-tuning stage ({settings}). "
-            "Fine-tune on the base's data, e.g. data.seed=<the base's seed> (data.seed follows "
-            "seed= unless set): other data have another split, so the stage would train on "
-            "images the base held out for testing."
-        )
+    differ = [
+        k
+        for k in SPLIT_SETTINGS
+        if (k in trained_on or k in here)
+        and _is_plain(trained_on.get(k))
+        and trained_on.get(k) != here.get(k)
+    ]
+    if not differ:
+        return
+    run, harm = _DATA_USES[use]
+    settings = ", ".join(f"{k}: {trained_on.get(k)!r} there, {here.get(k)!r} here" for k in differ)
+    fix = " ".join(
+        f"data.{k}={'null' if trained_on.get(k) is None else trained_on.get(k)}" for k in differ
+    )
+    follows = " (data.seed follows seed= unless set)" if "seed" in differ else ""
+    raise ValueError(
+        f"{source} was trained on another split of its data than {run} ({settings}): pass "
+        f"{fix}{follows}. With another split, {harm}."
+    )
+
+
+def _is_plain(value: Any) -> bool:
+    """A value a ``data.<name>=`` override can give (a source given as files' stats is not)."""
+    return value is None or isinstance(value, (str, int, float))
 
 
 def read_checkpoint(path: str | Path) -> dict:

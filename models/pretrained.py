@@ -147,6 +147,7 @@ def load_pretrained(
             "version that exported it, or re-export it."
         ) from error
     model.trained_against = manifest.get("trained_against")
+    model.trained_on = manifest.get("trained_on")
     return model.to(map_location).eval()
 
 
@@ -182,6 +183,7 @@ def save_pretrained(
             "dataset": getattr(model, "dataset_name", None),
             "hyper_parameters": hyper,
             "trained_against": _portable_judge(getattr(model, "trained_against", None)),
+            "trained_on": getattr(model, "trained_on", None),
             "weights": {
                 "file": weights.name,
                 "bytes": weights.stat().st_size,

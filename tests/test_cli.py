@@ -121,7 +121,19 @@ def test_a_fine_tuning_stage_on_another_draw_of_the_data_is_refused_before_its_j
         f"model.cf_finetune.init_ckpt={metrics['last_ckpt']}",
         "seed=1",  # data.seed follows it: another split than the base's
     )
-    with pytest.raises(ValueError, match=r"other data than this fine-tuning stage \(seed: 0 there"):
+    with pytest.raises(
+        ValueError, match=r"split of its data than this fine-tuning stage \(seed: 0 t"
+    ):
+        train_script.train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resuming_on_another_split_is_refused_before_training(trained, data_dir, tmp_path):
+    _, metrics = trained
+    cfg = compose_train(data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", "seed=1")
+    with pytest.raises(
+        ValueError, match=r"than this run \(seed: 0 there, 1 here\): pass data\.seed=0"
+    ):
         train_script.train(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))
 
@@ -413,6 +425,25 @@ def test_evaluate_errors(trained, data_dir, tmp_path):
         evaluate_script.evaluate(compose_evaluate(data_dir, tmp_path))
 
 
+def test_evaluate_refuses_another_split_than_the_models_before_its_judges(
+    trained, data_dir, tmp_path, monkeypatch
+):
+    import evaluate as evaluate_script
+
+    def no_judge(*args, **kwargs):
+        raise AssertionError("a judge was trained for an evaluation that is refused")
+
+    monkeypatch.setattr(evaluate_script, "load_or_train_predictor", no_judge)
+    _, metrics = trained
+    for other in ("seed=1", "data.seed=1", "data.limit=300"):  # evaluate's data.seed follows seed
+        cfg = compose_evaluate(data_dir, tmp_path, f"ckpt_path={metrics['last_ckpt']}", other)
+        with pytest.raises(ValueError, match=r"another split of its data than this evaluation"):
+            evaluate_script.evaluate(cfg)
+    with pytest.raises(ValueError, match=r"limit: 200 there, 300 here\): pass data\.limit=200\."):
+        evaluate_script.evaluate(cfg)
+    assert not list(tmp_path.rglob("report.json"))
+
+
 def test_evaluate_refuses_the_judge_a_model_was_fine_tuned_against(
     trained, data_dir, tmp_path, monkeypatch
 ):
@@ -537,3 +568,7 @@ def test_pretrained_models_in_the_command_lines(exported, data_dir, tmp_path, ca
         evaluate_script.build_model(both, datamodule)
     with pytest.raises(ValueError, match="trained on 'morphomnist'.*data=morphomnist"):
         evaluate_script.build_model(cfg, SimpleNamespace(name="pendulum"))
+    # the manifest keeps the data's split, as a checkpoint does
+    other = compose_evaluate(data_dir, tmp_path, f"pretrained={exported}", "seed=1")
+    with pytest.raises(ValueError, match=r"seed: 0 there, 1 here"):
+        evaluate_script.build_model(other, hydra_instantiate(other.data, _convert_="all"))
