@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, counterfactuals_per_second, publish, run_train  # noqa: E402
 
-from datamodules import MorphoMNISTDataModule  # noqa: E402
+from datamodules import datamodule_for  # noqa: E402
 from metrics.soundness import composition, ground_truth_error  # noqa: E402
 from models import load_model  # noqa: E402
 
@@ -101,8 +101,7 @@ def main() -> None:
         trained = run_train(workdir, [])
         ckpt, wall = Path(trained["checkpoint"]), trained["wall_seconds"]
     model = load_model(ckpt)
-    datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
-    datamodule.setup()
+    datamodule = datamodule_for(model, args.data_dir)  # the split it was trained on
     train_ips = training_throughput(load_model(ckpt), datamodule)
     cf_ips = counterfactuals_per_second(model, datamodule)
     with_residual = test_split_errors(model, datamodule, residual=True)

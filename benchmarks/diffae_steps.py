@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, publish  # noqa: E402
 
-from datamodules import MorphoMNISTDataModule  # noqa: E402
+from datamodules import datamodule_for  # noqa: E402
 from metrics.soundness import composition, l1  # noqa: E402
 from models import load_model  # noqa: E402
 from models.diffae import DiffusionAutoencoder  # noqa: E402
@@ -94,8 +94,7 @@ def main() -> None:
     model = load_model(args.ckpt)
     if not isinstance(model, DiffusionAutoencoder):
         sys.exit(f"{args.ckpt} holds a {type(model).__name__}, not a DiffusionAutoencoder")
-    datamodule = MorphoMNISTDataModule(data_dir=args.data_dir)
-    datamodule.setup()
+    datamodule = datamodule_for(model, args.data_dir)  # the split it was trained on
     # evenly spaced: the embedded test split is sorted by digit, so the first N are one or two digits
     subset = datamodule.test_set.evenly_spaced(args.images)
     batch = subset.batch(range(len(subset)))

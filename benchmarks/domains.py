@@ -40,6 +40,7 @@ from datamodules.domains import DOMAINS, SPARSE_DOMAINS  # noqa: E402
 from metrics.judges import load_or_train_predictor  # noqa: E402
 from metrics.soundness import l1  # noqa: E402
 from models import load_model  # noqa: E402
+from models.base import check_same_data, data_spec  # noqa: E402
 from models.baselines import IdentityModel, OracleModel  # noqa: E402
 
 DATA_SEED = 0
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
             model = references[name](datamodule).eval()
         else:
             model = load_model(checkpoint).eval()
+            check_same_data(checkpoint, model.trained_on, data_spec(datamodule), "evaluate")
         if "intervention_dims" not in extra and "intervention_dims" in getattr(
             model, "hparams", {}
         ):

@@ -40,14 +40,17 @@ def datamodule_for(model, data_dir: str = "data", overrides=None):
     Args:
         model: a loaded model (its ``dataset_name``, attributes and image shape are checked).
         data_dir: where the dataset cache lives.
-        overrides: datamodule options the model was trained with, if not the defaults
-            (``{"seed": 1}``, ``{"graph": "complex"}``).
+        overrides: datamodule options over the ones the checkpoint recorded of its data (its
+            ``trained_on``: seed, limit, sizes, ...) and the defaults (``{"graph": "complex"}``).
 
     Raises:
         ValueError: no datamodule for the dataset here, options it does not take, or data whose
             attributes or image shape differ from the model's.
     """
-    overrides = dict(overrides or {})
+    recorded = getattr(model, "trained_on", None) or {}
+    # the recorded entries that are datamodule arguments: its split by default
+    drawn = {k: v for k, v in recorded.items() if k not in ("dataset", "table") and v is not None}
+    overrides = {**drawn, **dict(overrides or {})}
     if model.dataset_name not in DATAMODULES:
         raise ValueError(
             f"the checkpoint's dataset '{model.dataset_name}' has no datamodule here; "

@@ -560,6 +560,28 @@ class CachedArrayDataModule(CounterfactualDataModule):
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    #: The :attr:`spec` entries that decide which images a model trains and is tested on.
+    split_keys: tuple[str, ...] = (
+        "dataset",
+        "source",
+        "num_samples",
+        "limit",
+        "image_size",
+        "seed",
+        "val_fraction",
+        "test_fraction",
+    )
+
+    @property
+    def split_spec(self) -> dict[str, Any]:
+        """Which images a model trains and is tested on: the dataset, its size and how its split
+        is drawn (the :attr:`split_keys` of :attr:`spec`). A checkpoint records it, and
+        fine-tuning, resuming and ``evaluate.py`` refuse another one
+        (``models.base.check_same_data``). A key a datamodule adds here should be its argument
+        of the same name, so that the refusal's ``data.<key>=`` fix works."""
+        spec = self.spec
+        return {key: spec[key] for key in self.split_keys if key in spec}
+
     @property
     def cache_prefix(self) -> str:
         """A readable file-name prefix of the cache entry."""

@@ -430,6 +430,9 @@ class CelebADataModule(CachedArrayDataModule):
     def cache_prefix(self) -> str:
         return f"{self.name}-{self.image_size}px" + (f"-limit{self.limit}" if self.limit else "")
 
+    # the official partition: the seed only picks a limit's subset; the source is the files' stats
+    split_keys = ("dataset", "limit", "image_size", "seed")
+
     @property
     def spec(self) -> dict[str, Any]:
         """Everything that shapes the arrays: the cache key.

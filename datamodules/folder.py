@@ -372,6 +372,19 @@ class FolderDataModule(CachedArrayDataModule):
         }
 
     @property
+    def split_spec(self) -> dict:
+        """The table's bytes (files, attributes, any split column), not where the folder lies or
+        when its files were copied; the seed and fractions only when they draw the split."""
+        drawn = "split" not in self._rows[0]
+        return {
+            "dataset": self.name,
+            "table": hashlib.sha256(self.table_path.read_bytes()).hexdigest(),
+            "seed": self.seed if drawn else None,
+            "val_fraction": self.val_fraction if drawn else None,
+            "test_fraction": self.test_fraction if drawn else None,
+        }
+
+    @property
     def cache_prefix(self) -> str:
         return f"{self.name}-{self.root.name}"
 

@@ -953,6 +953,10 @@ class CounterfactualModel(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         migrate_checkpoint(checkpoint)
         self.trained_against = checkpoint.get(TRAINED_AGAINST_KEY)
+        # a fit's setup has set trained_on (this fit's data) before Lightning restores a checkpoint
+        check_same_data(
+            "the resumed checkpoint", checkpoint.get(DATA_SPEC_KEY), self.trained_on, "resume"
+        )
         self.trained_on = checkpoint.get(DATA_SPEC_KEY, self.trained_on)
 
 
@@ -1063,72 +1067,74 @@ def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Pa
 
 
 def data_spec(datamodule: Any) -> dict[str, Any] | None:
-    """A datamodule's ``spec`` (the settings that shape its arrays) as plain JSON values, which a
-    checkpoint loads without unpickling; ``None`` if it states none."""
+    """Which images a datamodule's models train and are tested on (its ``split_spec``) as plain
+    JSON values, which a checkpoint loads without unpickling; ``None`` if it states none."""
     try:
-        spec = datamodule.spec if datamodule is not None else None
+        spec = datamodule.split_spec if datamodule is not None else None
     except (AttributeError, NotImplementedError):
         return None
     return json.loads(json.dumps(spec, default=str)) if isinstance(spec, Mapping) else None
 
 
-#: What a check of the data is for: (the run, what another split would do to it).
+#: What a check of the data is for: (the run, what other data would do to it).
 _DATA_USES = {
     "fine-tune": (
         "this fine-tuning stage",
-        "the stage would train on images the base held out for testing",
+        "the stage would train on other images than its base did, perhaps on the ones the base "
+        "held out for testing",
     ),
-    "resume": ("this run", "the resumed run would train on images it held out for testing"),
-    "evaluate": ("this evaluation", "its test images would include images the model trained on"),
+    "resume": (
+        "this run",
+        "the run would go on on other images, perhaps on the ones it held out for testing",
+    ),
+    "evaluate": (
+        "this evaluation",
+        "the scores would not be those of the model's test split, and the test images may "
+        "include images it trained on",
+    ),
 }
-
-#: The data settings that draw the split (``data.<name>=...``). The rest of a spec (the files'
-#: place and dates, the generator's version) may differ: a copied folder splits the same way.
-SPLIT_SETTINGS = ("source", "seed", "limit", "val_fraction", "test_fraction")
 
 
 def check_same_data(
     source: str | Path, trained_on: Mapping | None, here: Mapping | None, use: str
 ) -> None:
-    """Refuse to fine-tune, resume or evaluate a model (from ``source``) on another split of its
-    data than the one it was trained on.
+    """Refuse to fine-tune, resume or evaluate a model (from ``source``) on other images than its
+    own: another dataset, size or split (the datamodules' ``split_spec``).
 
     Args:
-        trained_on: the :func:`data_spec` its checkpoint recorded (``None``, from before the spec
-            was recorded, is not checked).
+        trained_on: the :func:`data_spec` its checkpoint or manifest recorded (``None``: from
+            before it was recorded, not checked); entries it lacks are not compared.
         here: this run's :func:`data_spec`.
         use: ``"fine-tune"``, ``"resume"`` or ``"evaluate"``: what the message says.
 
     Raises:
-        ValueError: naming each of :data:`SPLIT_SETTINGS` that differs, with both values, and the
-            overrides that give the model's split back.
+        ValueError: naming each entry that differs, with both values, and the overrides that
+            give the model's data back.
     """
     if trained_on is None or here is None:
         return
-    differ = [
-        k
-        for k in SPLIT_SETTINGS
-        if (k in trained_on or k in here)
-        and _is_plain(trained_on.get(k))
-        and trained_on.get(k) != here.get(k)
-    ]
+    differ = [k for k in here if k in trained_on and trained_on[k] != here[k]]
     if not differ:
         return
     run, harm = _DATA_USES[use]
-    settings = ", ".join(f"{k}: {trained_on.get(k)!r} there, {here.get(k)!r} here" for k in differ)
-    fix = " ".join(
-        f"data.{k}={'null' if trained_on.get(k) is None else trained_on.get(k)}" for k in differ
-    )
-    follows = " (data.seed follows seed= unless set)" if "seed" in differ else ""
+    settings = ", ".join(f"{k}: {trained_on[k]!r} there, {here[k]!r} here" for k in differ)
+    fixes = [
+        f"data={trained_on[k]}"
+        if k == "dataset"
+        else f"data.{k}={'null' if trained_on[k] is None else trained_on[k]}"
+        for k in differ
+        if k != "table"
+    ]
+    fix = f"pass {' '.join(fixes)}" if fixes else ""
+    if "seed" in differ:
+        fix += " (data.seed follows seed= unless set)"
+    if "limit" in differ and use == "evaluate":
+        fix += "; test_images=N scores fewer images of the model's own test split"
+    if "table" in differ:
+        fix += ("; " if fix else "") + "use the folder table the model was trained on"
     raise ValueError(
-        f"{source} was trained on another split of its data than {run} ({settings}): pass "
-        f"{fix}{follows}. With another split, {harm}."
+        f"{source} was trained on other data than {run} ({settings}): {fix}. Otherwise {harm}."
     )
-
-
-def _is_plain(value: Any) -> bool:
-    """A value a ``data.<name>=`` override can give (a source given as files' stats is not)."""
-    return value is None or isinstance(value, (str, int, float))
 
 
 def read_checkpoint(path: str | Path) -> dict:

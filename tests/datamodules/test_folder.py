@@ -155,6 +155,23 @@ def test_editing_the_table_invalidates_the_cache(folder, tmp_path):
     assert edited.arrays["thickness"][0] == pytest.approx(3.25)
 
 
+def test_the_split_a_checkpoint_records_is_the_tables_not_where_the_folder_lies(
+    exported, folder, tmp_path
+):
+    def split_spec(root, **settings):
+        return FolderDataModule(root=str(root), data_dir=str(tmp_path), **settings).split_spec
+
+    copied = split_spec(folder)  # the fixture's copy: another place, other file times
+    assert copied == split_spec(exported) and str(folder) not in str(copied)
+    assert copied["seed"] is None  # the table's split column, not the seed, draws it
+    assert split_spec(folder, seed=1) == copied
+    rows = [{k: v for k, v in row.items() if k != "split"} for row in _rows(folder)]
+    _write_rows(folder, rows)
+    drawn = split_spec(folder)
+    assert drawn["table"] != copied["table"] and drawn["seed"] == 0
+    assert split_spec(folder, seed=1)["seed"] == 1
+
+
 def test_the_exporter_never_overwrites_a_user_s_files_unless_asked(exported, tmp_path):
     """Checked before anything is written: the user's files are byte-for-byte intact."""
     user = shutil.copytree(exported, tmp_path / "mine")

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from datamodules import MorphoMNISTDataModule, datamodule_for
 from metrics.soundness import composition
 from models import load_model
 from models.base import DATA_SPEC_KEY, MAX_VIOLATION, counterfactual, judge_loss
@@ -341,3 +342,27 @@ def test_a_stage_on_other_data_than_its_bases_is_refused(morpho, tiny_predictor,
     del checkpoint[DATA_SPEC_KEY]  # a checkpoint from before the spec was recorded
     torch.save(checkpoint, tmp_path / "old.ckpt")
     assert fine_tune(tmp_path / "old.ckpt").global_step == 1
+
+
+def test_resuming_through_lightning_on_other_data_is_refused_and_the_model_knows_its_data(
+    morpho, data_dir, tmp_path
+):
+    first = quiet_trainer(max_steps=2, limit_val_batches=0)
+    first.fit(tiny("vae", morpho), datamodule=morpho)
+    first.save_checkpoint(tmp_path / "run.ckpt")
+    other = MorphoMNISTDataModule(data_dir=str(data_dir), limit=morpho.limit, batch_size=32, seed=1)
+    with pytest.raises(ValueError, match=r"other data than this run \(seed: 0 there, 1 here\)"):
+        quiet_trainer(max_steps=3, limit_val_batches=0).fit(
+            tiny("vae", morpho), datamodule=other, ckpt_path=tmp_path / "run.ckpt"
+        )
+    resumed = tiny("vae", morpho)
+    quiet_trainer(max_steps=3, limit_val_batches=0).fit(
+        resumed, datamodule=morpho, ckpt_path=tmp_path / "run.ckpt"
+    )
+    assert resumed.global_step == 3
+    # the loaded model knows its data, and the command line and explorer rebuild that split
+    loaded = load_model(tmp_path / "run.ckpt")
+    assert loaded.trained_on == morpho.split_spec
+    loaded.trained_on = {**loaded.trained_on, "seed": 1}
+    assert datamodule_for(loaded, str(data_dir)).seed == 1
+    assert datamodule_for(loaded, str(data_dir), {"seed": 0}).seed == 0  # what the user passes wins
