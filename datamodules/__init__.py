@@ -47,15 +47,16 @@ def datamodule_for(model, data_dir: str = "data", overrides=None):
         ValueError: no datamodule for the dataset here, options it does not take, or data whose
             attributes or image shape differ from the model's.
     """
-    recorded = getattr(model, "trained_on", None) or {}
-    # the recorded entries that are datamodule arguments: its split by default
-    drawn = {k: v for k, v in recorded.items() if k not in ("dataset", "table") and v is not None}
-    overrides = {**drawn, **dict(overrides or {})}
     if model.dataset_name not in DATAMODULES:
         raise ValueError(
             f"the checkpoint's dataset '{model.dataset_name}' has no datamodule here; "
             "pass folder=DIR csv=FILE instead"
         )
+    recorded = getattr(model, "trained_on", None) or {}
+    # the recorded settings (arguments of the same name) that picked its images and split
+    arguments = set(DATAMODULES[model.dataset_name].split_keys) - {"dataset"}
+    own = {k: v for k, v in recorded.items() if k in arguments and v is not None}
+    overrides = {**own, **dict(overrides or {})}
     try:
         datamodule = DATAMODULES[model.dataset_name](data_dir=data_dir, **overrides)
     except TypeError as error:  # e.g. a folder dataset without data.root

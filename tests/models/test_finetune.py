@@ -363,6 +363,6 @@ def test_resuming_through_lightning_on_other_data_is_refused_and_the_model_knows
     # the loaded model knows its data, and the command line and explorer rebuild that split
     loaded = load_model(tmp_path / "run.ckpt")
     assert loaded.trained_on == morpho.split_spec
-    loaded.trained_on = {**loaded.trained_on, "seed": 1}
+    loaded.trained_on = {**loaded.trained_on, "seed": 1, "version": 7}  # not an argument: unused
     assert datamodule_for(loaded, str(data_dir)).seed == 1
     assert datamodule_for(loaded, str(data_dir), {"seed": 0}).seed == 0  # what the user passes wins
