@@ -54,7 +54,7 @@ def datamodule_for(model, data_dir: str = "data", overrides=None):
         )
     recorded = getattr(model, "trained_on", None) or {}
     # the recorded settings (arguments of the same name) that picked its images and split
-    arguments = set(DATAMODULES[model.dataset_name].split_keys) - {"dataset"}
+    arguments = set(getattr(DATAMODULES[model.dataset_name], "split_keys", ())) - {"dataset"}
     own = {k: v for k, v in recorded.items() if k in arguments and v is not None}
     overrides = {**own, **dict(overrides or {})}
     try:

@@ -1085,7 +1085,7 @@ _DATA_USES = {
     ),
     "resume": (
         "this run",
-        "the run would go on on other images, perhaps on the ones it held out for testing",
+        "the run would continue on other images, perhaps on the ones it held out for testing",
     ),
     "evaluate": (
         "this evaluation",
