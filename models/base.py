@@ -70,8 +70,8 @@ CHECKPOINT_FORMAT_KEY = "cfzoo_format"
 CHECKPOINT_FORMAT = 2
 #: Key of the judge a fine-tuned model was trained against (its source), so none scores it.
 TRAINED_AGAINST_KEY = "cfzoo_trained_against"
-#: Key of the spec of the data a model was trained on (its datamodule's ``spec``, the cache key),
-#: so that a fine-tuning stage on other data (another split) is refused.
+#: Key of the data a model was trained on (:func:`data_spec`: its datamodule's ``split_spec``), so
+#: that fine-tuning, resuming and evaluating it on other data (another split) are refused.
 DATA_SPEC_KEY = "cfzoo_data_spec"
 
 
