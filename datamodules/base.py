@@ -411,6 +411,17 @@ class CounterfactualDataModule(pl.LightningDataModule):
         """A model-free measurement of some attributes of images, if the dataset has one."""
         return {}
 
+    def train_attributes(self) -> dict[str, Tensor]:
+        """Every attribute of the training split, ``(N,)`` tensors in natural units (what a
+        model's attribute SCM is fitted on)."""
+        train = self.train_set
+        if isinstance(train, ImageAttributeDataset):
+            return {name: train.attributes[name][train.indices] for name in self.graph.names}
+        if train is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before train_attributes")
+        batches = [batch["pa"] for batch in self.loader(train, shuffle=False)]
+        return {name: torch.cat([b[name] for b in batches]) for name in self.graph.names}
+
     def interventional_set(
         self, names: Iterable[str], seed: int = 0, chunk: int = 500
     ) -> ImageAttributeDataset:

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import pickle
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -523,8 +524,12 @@ class CounterfactualModel(pl.LightningModule):
         graph: the datamodule's causal graph, as ``CausalGraph.to_dict()`` (plain data).
         image_shape: ``(C, H, W)`` of the images.
         dataset: the datamodule's name, so a checkpoint can't be scored on another dataset.
-        scm: options of the :class:`AttributeSCM` (``mechanism``, ``hidden``, ``transforms``).
-        scm_weight: weight of the attributes' NLL in the joint loss (0 leaves the SCM untrained).
+        scm: options of the :class:`AttributeSCM` (``mechanism``, ``hidden``, ``transforms``,
+            ``fit_steps``, ...). With ``fit_steps > 0`` (the default) the SCM is fitted apart on
+            the training split's attributes when training starts from scratch
+            (:meth:`on_train_start`), and is fixed while the image mechanism trains.
+        scm_weight: with ``scm.fit_steps=0``: weight of the attributes' NLL in the joint loss (0
+            leaves the SCM untrained).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         ema_decay: keep an exponential moving average of the mechanism's weights with this decay
@@ -560,6 +565,8 @@ class CounterfactualModel(pl.LightningModule):
         self.scm = AttributeSCM(
             self.graph, analytic=ANALYTIC_MECHANISMS.get(dataset), **(scm or {})
         )
+        if self.scm.fit_steps > 0:
+            self.scm.requires_grad_(False)  # fitted apart by on_train_start, then fixed
         self.scm_weight = scm_weight
         self.lr = lr
         self.weight_decay = weight_decay
@@ -725,6 +732,31 @@ class CounterfactualModel(pl.LightningModule):
         return checked
 
     # -- EMA and update skipping ------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # After Lightning's Timer starts, so a wall-time budget (trainer.max_time) includes it.
+        # Not on a resumed run, whose SCM comes from its checkpoint, nor when fine-tuning, which
+        # keeps the pre-trained one.
+        if self.scm.fit_steps <= 0 or self.finetuning is not None or self.trainer.ckpt_path:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "train_attributes"):
+            attributes = datamodule.train_attributes()
+        else:  # plain dataloaders: one pass over them
+            batches = [b["pa"] for b in self.trainer.train_dataloader]
+            attributes = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        start = time.perf_counter()
+        nll = self.scm.fit(attributes)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for parameter in self.scm.parameters():  # every rank keeps rank 0's fit
+                torch.distributed.broadcast(parameter.data, src=0)
+        log.info(
+            "Fitted the attribute SCM apart: %d steps on %d training samples in %.1f s, NLL %.3f",
+            self.scm.fit_steps,
+            len(next(iter(attributes.values()))),
+            time.perf_counter() - start,
+            nll,
+        )
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema_net is None:
             return

@@ -28,6 +28,7 @@ TINY = [
     "model.hidden=32",
     "model.scm.hidden=16",
     "model.scm.transforms=2",
+    "model.scm.fit_steps=20",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=3",
     "trainer.limit_val_batches=1",
