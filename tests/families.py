@@ -129,10 +129,11 @@ FAMILIES = {
 
 
 def fit_briefly(model, datamodule, steps: int | None = None) -> None:
-    """A few optimiser steps (default: 15, DIFFAE_FIT_STEPS for a diffusion autoencoder), so the
-    mechanisms are not at their initialisation."""
+    """The attribute SCM fitted apart, then a few optimiser steps (default: 15, DIFFAE_FIT_STEPS for
+    a diffusion autoencoder), so the mechanisms are not at their initialisation."""
     if steps is None:
         steps = DIFFAE_FIT_STEPS if isinstance(model, DiffusionAutoencoder) else 15
+    model.scm.fit(datamodule.train_attributes())  # as a Trainer's start does (scm.fit_steps)
     optimiser = model.configure_optimizers()
     model.train()
     loader = itertools.cycle(datamodule.train_dataloader())

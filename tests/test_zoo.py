@@ -344,9 +344,15 @@ def test_a_recipe_pins_its_overrides_for_every_stage_or_the_fine_tuning_stage(
     assert "--stage-override=model.cf_finetune.anchor=0" in launched["diffae_cf"]  # shipped without
     pretrained.measure("vae_cf-morphomnist", args)  # shipped without the augmented judge
     assert "--stage-override=model.cf_finetune.augment=none" in launched["vae_cf"]
-    assert not any(a.startswith("--train-override") for a in launched["vae_cf"])
-    pretrained.measure("hvae-pendulum", args)  # the defaults
-    assert not any(a.startswith(("--train-override", "--stage-override")) for a in launched["hvae"])
+    # shipped with the attribute SCM trained jointly, in both stages' runs
+    assert [a for a in launched["vae_cf"] if a.startswith("--train-override")] == [
+        f"--train-override={pretrained.JOINT_SCM}"
+    ]
+    pretrained.measure("hvae-pendulum", args)  # the defaults but the SCM's
+    assert not any(a.startswith("--stage-override") for a in launched["hvae"])
+    assert [a for a in launched["hvae"] if a.startswith("--train-override")] == [
+        f"--train-override={pretrained.JOINT_SCM}"
+    ]
 
 
 def test_a_cf_card_says_where_fine_tuning_moved_away_from_the_truth():

@@ -28,9 +28,13 @@ def tiny(family: str, morpho, **overrides):
 
 def pretrained(family: str, morpho, path):
     """A stage-1 model to fine-tune: ``family`` trained for 20 steps from seed 0, saved at
-    ``path``."""
+    ``path``. Its attribute SCM trains jointly in those steps (``fit_steps=0``), as when this
+    file's bounds were measured: fine-tuning keeps whatever SCM its base has, and the judge reads
+    the descendants that SCM recomputes, so another SCM moves every figure here a little."""
     torch.manual_seed(0)
     base = tiny(family, morpho)
+    base.scm.fit_steps = 0  # in place: a second construction would draw other initial weights
+    base.scm.requires_grad_(True)
     quiet_trainer(max_steps=20, limit_val_batches=0).fit(
         base, train_dataloaders=morpho.train_dataloader()
     )
