@@ -731,7 +731,7 @@ class CounterfactualModel(pl.LightningModule):
             checked[variable.name] = variable.check(value, what="pa").to(self.device)
         return checked
 
-    # -- EMA and update skipping ------------------------------------------------------------------
+    # -- the attribute SCM, fitted apart --------------------------------------------------------
     def on_train_start(self) -> None:
         # After Lightning's Timer starts, so a wall-time budget (trainer.max_time) includes it.
         # Not on a resumed run, whose SCM comes from its checkpoint, nor when fine-tuning, which
@@ -757,6 +757,7 @@ class CounterfactualModel(pl.LightningModule):
             nll,
         )
 
+    # -- EMA and update skipping ------------------------------------------------------------------
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema_net is None:
             return
