@@ -105,7 +105,7 @@ RECIPES: dict[str, dict] = {
         "family": "hvae",
         "data": "morphomnist",
         "minutes": 23,
-        "train": [FINE_LEVELS],
+        "train": [FINE_LEVELS, JOINT_SCM],
     },
     # Fine-tuned against a judge trained on interventional images: with the 16 px latents it
     # keeps do(intensity) near its base (benchmarks/results/finetune-2026-12-06/hvae-intensity.md).
@@ -114,7 +114,7 @@ RECIPES: dict[str, dict] = {
         "family": "hvae_cf",
         "data": "morphomnist",
         "minutes": 23,
-        "train": [FINE_LEVELS],
+        "train": [FINE_LEVELS, JOINT_SCM],
         "stage": [
             "model.cf_finetune.judge={interventional:[thickness,intensity]}",
             "model.cf_finetune.anchor=0",

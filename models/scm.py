@@ -145,7 +145,7 @@ class AttributeSCM(nn.Module):
         transforms: int = 3,
         fit_steps: int = 500,
         fit_batch_size: int = 512,
-        fit_lr: float = 3e-3,
+        fit_lr: float = 2e-2,
     ):
         super().__init__()
         if fit_steps < 0 or fit_batch_size < 1 or not fit_lr > 0:
