@@ -13,7 +13,7 @@ fits them apart, to convergence, with a learning rate annealed to zero (models d
 image mechanism trains, ``fit_steps``). A counterfactual recomputes a descendant as
 ``f^-1(f(v; pa); pa')``, which is as accurate as the conditional CDFs, not as the likelihood: the
 shipped models' SCMs, trained jointly at a constant learning rate, have about the same likelihood
-as a refit and 1.8 to 3.5 times its counterfactual error on Morpho-MNIST
+as a refit and 1.5 to 3 times its counterfactual error on Morpho-MNIST
 (``benchmarks/results/scm-fit-2026-12-07/notes.md``).
 
 Example:
