@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         batch = datamodule.test_set.batch(positions)
         image_draw = torch.randperm(len(positions), generator=torch.Generator().manual_seed(0))
         settings = dict(model.hparams.get("scm") or {})
+        train = datamodule.train_attributes()
         own = score(model, model.scm, datamodule, batch, test, draw, image_draw)
         records.append({"model": name, "scm": "own", **own})
         refits = []
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(seed)
             scm = AttributeSCM(model.graph, **{**settings, "mechanism": "flow"})
             start = time.perf_counter()
-            scm.fit(datamodule.train_attributes(), seed=seed)
+            scm.fit(train, seed=seed)
             seconds = time.perf_counter() - start
             refit = {
                 **score(model, scm, datamodule, batch, test, draw, image_draw),

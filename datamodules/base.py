@@ -419,8 +419,7 @@ class CounterfactualDataModule(pl.LightningDataModule):
             return {name: train.attributes[name][train.indices] for name in self.graph.names}
         if train is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before train_attributes")
-        batches = [batch["pa"] for batch in self.loader(train, shuffle=False)]
-        return {name: torch.cat([b[name] for b in batches]) for name in self.graph.names}
+        return loader_attributes(self.loader(train, shuffle=False))
 
     def interventional_set(
         self, names: Iterable[str], seed: int = 0, chunk: int = 500
@@ -650,6 +649,12 @@ class CachedArrayDataModule(CounterfactualDataModule):
         ids = torch.as_tensor(index, dtype=torch.long)
         rows = ids.cpu().numpy()
         return {k: torch.from_numpy(arrays[k][rows]).to(ids.device) for k in self.graph.names}
+
+
+def loader_attributes(loader: Iterable[Mapping[str, Any]]) -> dict[str, Tensor]:
+    """Every attribute of one pass over a loader of contract batches, concatenated."""
+    batches = [batch["pa"] for batch in loader]
+    return {name: torch.cat([b[name] for b in batches]) for name in batches[0]}
 
 
 def standardisation(values: np.ndarray) -> tuple[float, float]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules import ANALYTIC_MECHANISMS
-from datamodules.base import CausalGraph, Intervention
+from datamodules.base import CausalGraph, Intervention, loader_attributes
 from models.nn.augment import AUGMENTATIONS, augment
 from models.scm import AttributeSCM
 
@@ -742,8 +742,7 @@ class CounterfactualModel(pl.LightningModule):
         if datamodule is not None and hasattr(datamodule, "train_attributes"):
             attributes = datamodule.train_attributes()
         else:  # plain dataloaders: one pass over them
-            batches = [b["pa"] for b in self.trainer.train_dataloader]
-            attributes = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+            attributes = loader_attributes(self.trainer.train_dataloader)
         start = time.perf_counter()
         nll = self.scm.fit(attributes)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
