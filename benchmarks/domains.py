@@ -16,7 +16,8 @@ morphomnist_domains`` results file. ``--sweep K ...`` trains ILD with ``interven
 ``--minutes`` each (train.py, one after the other, in ``--work-dir``) and scores each: how the
 error changes with the size of the intervention set, from 1 latent dimension to all 1,024.
 Writes ``<out-dir>/<machine>-<date>-domains.json`` and ``.md``; a second call with the same file
-adds its models to it (the sweep's rows are named ``ild_k<K>``).
+adds its models to it (the sweep's rows are named ``ild_k<K>``, or ``ild_vae_k<K>`` with
+``--ild-model ild_vae``, ILD with the paper's pseudo-invertible map).
 """
 
 from __future__ import annotations
@@ -162,6 +163,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--zoo", help="a zoo.py results file of --data morphomnist_domains")
     parser.add_argument("--sweep", type=int, nargs="+", default=[], help="ILD intervention_dims")
     parser.add_argument(
+        "--ild-model",
+        default="ild",
+        choices=["ild", "ild_vae"],
+        help="the sweep's ILD: ild (the flow g, 1,024 latents) or ild_vae (the pseudo-invertible "
+        "g, model.latent_dim latents); its rows are named ild_k<K> or ild_vae_k<K>",
+    )
+    parser.add_argument(
         "--minutes", type=float, default=3.0, help="training budget per sweep model"
     )
     parser.add_argument(
@@ -184,6 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("give --zoo FILE and/or --sweep K [K ...]")
     if any(k < 1 or k > 1024 for k in args.sweep):
         parser.error(f"--sweep takes intervention_dims from 1 to 1024, got {args.sweep}")
+    # (ild_vae's upper bound, its latent_dim, is checked by the model when it is built)
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
         # a run directory's name can't hold "=" (Hydra's override grammar)
         name = "_".join(
             [
-                f"ild_k{k}",
+                f"{args.ild_model}_k{k}",
                 *(o.split(".")[-1].replace("=", "") for o in args.ild_override),
                 *([f"seed{args.seed}"] if args.seed else []),
             ]
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"training {name} for {args.minutes} minutes", flush=True)
         trained = train_with_budget(
             workdir,
-            "ild",
+            args.ild_model,
             args.seed,
             args.minutes,
             [

@@ -52,20 +52,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.base import CausalGraph
 from models.flow import ConditionalFlow, FlowImageMechanism, per_dimension
+from models.nn.gaussian import standard_normal_kl
+from models.nn.likelihoods import to_signed
+from models.vae import ConditionalVAE, VAEMechanism
 
-__all__ = ["DomainMechanisms", "ILDImageMechanism", "InvertibleLatentDomain"]
+__all__ = [
+    "DomainMechanisms",
+    "ILDImageMechanism",
+    "InvertibleLatentDomain",
+    "LatentDomainNoise",
+    "LatentDomainVAE",
+    "LatentDomainVAEMechanism",
+]
 
 
 class DomainMechanisms(nn.Module):
-    """The latent SCM's domain-specific mechanisms: ``z_I = mu + exp(s) * e_I`` with ``(mu, s)`` a
-    function of the shared latents and the domain. Starts as the identity (zero last layer).
+    """The latent SCM's domain-specific mechanisms and the operations on it: ``z = (z_S, z_I)``
+    with ``z_S = e_S`` and ``z_I = mu + exp(s) * e_I``, where ``(mu, s)`` is a function of the
+    shared latents and the domain. Starts as the identity (zero last layer).
+
+    Both ILD variants use it: over the flow's latent (:class:`ILDImageMechanism`) and over the
+    autoencoder's (:class:`LatentDomainVAEMechanism`).
 
     Args:
         shared_dims: ``D - k``, the shared latents it reads.
@@ -85,6 +101,7 @@ class DomainMechanisms(nn.Module):
     ):
         super().__init__()
         self.num_domains = num_domains
+        self.intervened_dims = intervened_dims
         self.max_log_scale = max_log_scale
         self.net = nn.Sequential(
             nn.Linear(shared_dims + num_domains, hidden),
@@ -101,6 +118,55 @@ class DomainMechanisms(nn.Module):
         onehot = F.one_hot(domain.long(), self.num_domains).to(shared.dtype)
         shift, log_scale = self.net(torch.cat([shared, onehot], dim=1)).chunk(2, dim=1)
         return shift, self.max_log_scale * torch.tanh(log_scale / self.max_log_scale)
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z_S, z_I)``: the shared latents and the intervention set (the last ``k``)."""
+        return z[:, : -self.intervened_dims], z[:, -self.intervened_dims :]
+
+    def to_noise(self, z: Tensor, domain: Tensor) -> tuple[Tensor, Tensor]:
+        """Abduction: ``e = (z_S, (z_I - mu) exp(-s))`` and ``log |det de/dz|``, ``(B,)``."""
+        shared, intervened = self.split(z)
+        shift, log_scale = self(shared, domain)
+        noise = (intervened - shift) * torch.exp(-log_scale)
+        return torch.cat([shared, noise], dim=1), -log_scale.sum(1)
+
+    def from_noise(self, e: Tensor, domain: Tensor) -> Tensor:
+        """Prediction: ``z = (e_S, mu + exp(s) e_I)`` under ``domain``."""
+        shared, noise = self.split(e)
+        shift, log_scale = self(shared, domain)
+        return torch.cat([shared, shift + torch.exp(log_scale) * noise], dim=1)
+
+    def domain_scores(self, z: Tensor) -> Tensor:
+        """``log p(z_I | z_S, d)`` for every domain ``d``, ``(B, domains)``: the only part of the
+        latent's density that differs across domains."""
+        scores = []
+        for domain in range(self.num_domains):
+            ids = torch.full((len(z),), domain, device=z.device, dtype=torch.long)
+            noise, logdet = self.to_noise(z, ids)
+            scores.append(-0.5 * (self.split(noise)[1] ** 2).sum(1) + logdet)
+        return torch.stack(scores, dim=1)
+
+
+def check_domain(graph, domain: str) -> list[str]:
+    """Refuse a graph without a categorical domain among the image's parents; return the other
+    image parents, the context of the shared map ``g``."""
+    if domain not in graph or graph[domain].is_continuous:
+        raise ValueError(
+            f"ILD needs a categorical domain variable; '{domain}' is not one of the graph's "
+            f"categorical variables ({', '.join(graph.names)}): set model.domain=NAME, or use "
+            "data=morphomnist_domains"
+        )
+    if domain not in graph.image_parents:
+        raise ValueError(f"'{domain}' is not a parent of the image, so no domain can change it")
+    return [name for name in graph.image_parents if name != domain]
+
+
+def check_intervention_dims(intervention_dims: int, dims: int) -> None:
+    if not 1 <= intervention_dims <= dims:
+        raise ValueError(
+            f"intervention_dims must be between 1 and the latent size {dims}, got "
+            f"{intervention_dims}"
+        )
 
 
 class ILDImageMechanism(FlowImageMechanism):
@@ -131,21 +197,9 @@ class ILDImageMechanism(FlowImageMechanism):
     ):
         if domain_weight < 0 or not math.isfinite(domain_weight):
             raise ValueError(f"domain_weight must be a finite number >= 0, got {domain_weight}")
-        if domain not in graph or graph[domain].is_continuous:
-            raise ValueError(
-                f"ILD needs a categorical domain variable; '{domain}' is not one of the graph's "
-                f"categorical variables ({', '.join(graph.names)}): set model.domain=NAME, or use "
-                "data=morphomnist_domains"
-            )
-        if domain not in graph.image_parents:
-            raise ValueError(f"'{domain}' is not a parent of the image, so no domain can change it")
+        context = check_domain(graph, domain)
         dims = int(torch.Size(image_shape).numel())
-        if not 1 <= intervention_dims <= dims:
-            raise ValueError(
-                f"intervention_dims must be between 1 and the latent size {dims}, got "
-                f"{intervention_dims}"
-            )
-        context = [name for name in graph.image_parents if name != domain]
+        check_intervention_dims(intervention_dims, dims)
         super().__init__(graph, image_shape, logit_alpha, context=context, **flow)
         self.domain = domain
         self.intervention_dims = intervention_dims
@@ -162,12 +216,7 @@ class ILDImageMechanism(FlowImageMechanism):
         """``log p(x | d)`` for every domain ``d`` up to a constant shared by all of them,
         ``(B, domains)``: ``g`` is the same map for all, so only the intervention set's density
         differs."""
-        scores = []
-        for domain in range(self.mechanisms.num_domains):
-            ids = torch.full((len(z),), domain, device=z.device, dtype=torch.long)
-            noise, logdet = self.to_noise(z, {self.domain: ids})
-            scores.append(-0.5 * (self.split(noise)[1] ** 2).sum(1) + logdet)
-        return torch.stack(scores, dim=1)
+        return self.mechanisms.domain_scores(z)
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The exact negative log-likelihood per dimension, plus ``domain_weight`` times the
@@ -195,20 +244,11 @@ class ILDImageMechanism(FlowImageMechanism):
             logs["domain_accuracy"] = (scores.argmax(1) == target).float().mean()
         return loss, logs
 
-    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z_S, z_I)``: the shared latents and the intervention set (the last ``k``)."""
-        return z[:, : -self.intervention_dims], z[:, -self.intervention_dims :]
-
     def to_noise(self, z: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        shared, intervened = self.split(z)
-        shift, log_scale = self.mechanisms(shared, pa[self.domain])
-        noise = (intervened - shift) * torch.exp(-log_scale)
-        return torch.cat([shared, noise], dim=1), -log_scale.sum(1)
+        return self.mechanisms.to_noise(z, pa[self.domain])
 
     def from_noise(self, u: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
-        shared, noise = self.split(u)
-        shift, log_scale = self.mechanisms(shared, pa[self.domain])
-        return torch.cat([shared, shift + torch.exp(log_scale) * noise], dim=1)
+        return self.mechanisms.from_noise(u, pa[self.domain])
 
     def latent(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
         """``z = g^-1(x)``, the latent the domain mechanisms act on, ``(B, D)``."""
@@ -270,4 +310,202 @@ class InvertibleLatentDomain(ConditionalFlow):
 
     def mechanism_settings(self) -> dict[str, Any]:
         names = ("domain", "intervention_dims", "domain_hidden", "domain_weight")
+        return {**super().mechanism_settings(), **{name: self.hparams[name] for name in names}}
+
+
+@dataclass
+class LatentDomainNoise:
+    """The image's exogenous noise under :class:`LatentDomainVAEMechanism`.
+
+    Attributes:
+        e: ``(B, latent_dim)``, the latent SCM's noise ``(e_S, e_I)`` of the abducted latent.
+        residual: the pixel residual about the decoder mean, with that mean and scale
+            (:meth:`~models.nn.likelihoods.DiscretizedGaussian.noise`), or ``None``.
+    """
+
+    e: Tensor
+    residual: dict[str, Tensor] | None = None
+
+
+class LatentDomainVAEMechanism(VAEMechanism):
+    """ILD with the paper's pseudo-invertible map: an encoder ``q(z | x, pa)`` as ``g^-1`` and a
+    decoder ``p(x | z, pa)`` as ``g``, both shared by every domain (neither sees it), and the
+    sparse domain latent SCM (:class:`DomainMechanisms`) as the prior of ``z``.
+
+    Training maximises the ELBO under that prior,
+    ``E_q[log p(x | z)] - KL(q(z_S) || N(0, I)) - E_q(z_S)[KL(q(z_I) || p_d(z_I | z_S))]``, the
+    second KL in closed form given a sample of ``z_S``. Why it puts the domain into the
+    intervention set: an image's domain is known to the prior only there, so a domain-dependent
+    code costs KL anywhere else; in the flow's pixel-shaped latent nothing rewards a sparse code.
+
+    Abduction: ``z`` from the posterior (its mean at ``temperature=0``), ``e = `` the latent SCM's
+    noise of ``z`` under the factual domain, and the pixel residual as in the VAE. Prediction:
+    ``z' = `` the latent SCM under the counterfactual domain, decoded under the counterfactual
+    parents, plus the faded residual. do(domain) moves ``z_I`` only.
+
+    Args:
+        graph: the causal graph; ``domain`` names a categorical image parent.
+        image_shape: ``(C, H, W)``.
+        domain, intervention_dims, domain_hidden: see :class:`LatentDomainVAE`.
+        latent_dim, widths, hidden, beta, temperature, residual: the VAE's
+            (:class:`~models.vae.VAEMechanism`).
+    """
+
+    def __init__(
+        self,
+        graph,
+        image_shape: Sequence[int],
+        domain: str = "domain",
+        intervention_dims: int = 4,
+        domain_hidden: int = 64,
+        latent_dim: int = 16,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 256,
+        beta: float = 1.0,
+        temperature: float = 0.0,
+        residual: bool = True,
+    ):
+        context = check_domain(graph, domain)
+        check_intervention_dims(intervention_dims, latent_dim)
+        shared_map = CausalGraph(graph.variables, image_parents=context)
+        super().__init__(
+            shared_map, image_shape, latent_dim, widths, hidden, beta, temperature, residual
+        )
+        self.domain = domain
+        self.mechanisms = DomainMechanisms(
+            latent_dim - intervention_dims,
+            intervention_dims,
+            graph[domain].num_classes,
+            domain_hidden,
+        )
+
+    def kl(self, mean: Tensor, log_sd: Tensor, z: Tensor, domain: Tensor) -> Tensor:
+        """``KL(q(z) || p_d(z))`` per sample, the intervention set's term at the sampled ``z_S``."""
+        mean_shared, mean_intervened = self.mechanisms.split(mean)
+        log_sd_shared, log_sd_intervened = self.mechanisms.split(log_sd)
+        shift, log_scale = self.mechanisms(self.mechanisms.split(z)[0], domain)
+        intervened = (
+            log_scale
+            - log_sd_intervened
+            + ((2 * log_sd_intervened).exp() + (mean_intervened - shift) ** 2)
+            / (2 * (2 * log_scale).exp())
+            - 0.5
+        ).sum(1)
+        return standard_normal_kl(mean_shared, log_sd_shared) + intervened
+
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The negative ELBO per dimension (``beta``-weighted KL); logs the latent Bayes
+        classifier's domain accuracy (how much of the domain the intervention set holds)."""
+        mean, log_sd = self.encode(x, pa)
+        z = mean + log_sd.exp() * torch.randn_like(mean)
+        nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
+        kl = self.kl(mean, log_sd, z, pa[self.domain])
+        dims = x[0].numel()
+        loss = (nll + self.beta * kl).mean() / dims
+        bits_per_dim = (nll + kl).mean() / (dims * math.log(2))
+        with torch.no_grad():
+            guessed = self.mechanisms.domain_scores(mean).argmax(1)
+            accuracy = (guessed == pa[self.domain].long()).float().mean()
+        return loss, {"bpd": bits_per_dim, "kl": kl.mean(), "domain_accuracy": accuracy}
+
+    def latent(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """``z``, the posterior mean: the latent the domain mechanisms act on, ``(B, D)``."""
+        return self.encode(x, pa)[0]
+
+    def abduct(
+        self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> LatentDomainNoise:
+        mean, log_sd = self.encode(x, pa)
+        z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
+        e, _ = self.mechanisms.to_noise(z, pa[self.domain])
+        return LatentDomainNoise(e, self.decode(z, pa).noise(to_signed(x)) if residual else None)
+
+    def prior_noise(
+        self, pa: Mapping[str, Tensor], temperature: float, residual: bool
+    ) -> LatentDomainNoise:
+        """``e ~ N(0, I)``, no pixel residual: a sample is the decoder mean of the latent SCM's
+        ``z`` under ``pa``'s domain."""
+        reference = next(iter(pa.values()))
+        return LatentDomainNoise(
+            torch.randn(len(reference), self.latent_dim, device=reference.device)
+        )
+
+    def predict(
+        self,
+        noise: LatentDomainNoise,
+        pa: Mapping[str, Tensor],
+        intervened: frozenset[str],
+        temperature: float,
+        residual: bool,
+    ) -> Tensor:
+        if not isinstance(noise, LatentDomainNoise):
+            raise ValueError(
+                f"{type(self).__name__} needs a LatentDomainNoise abducted by it, got "
+                f"{type(noise).__name__}"
+            )
+        z = self.mechanisms.from_noise(noise.e, pa[self.domain])
+        return self.decode(z, pa).image(noise.residual or {}, residual)
+
+
+class LatentDomainVAE(ConditionalVAE):
+    """ILD with a pseudo-invertible map, the paper's practical model for images, behind the
+    counterfactual interface (see :class:`LatentDomainVAEMechanism`).
+
+    Where it departs from :class:`InvertibleLatentDomain`: ``g`` compresses the image into
+    ``latent_dim`` variables, so abduction is approximate (the pixel residual makes the null
+    intervention exact again, ``residual=True``) and round trips are not exact; in exchange the
+    latent is small enough for a sparse shift to hold in it.
+
+    Args:
+        graph, image_shape, dataset, scm, scm_weight, lr, weight_decay, cf_finetune: see
+            :class:`~models.base.CounterfactualModel`.
+        domain: the categorical variable whose counterfactuals are domain counterfactuals.
+        intervention_dims: ``k``, the latent variables whose mechanisms differ across domains
+            (1 to ``latent_dim``; ``latent_dim``: the dense model).
+        domain_hidden: width of the domain mechanisms' network.
+        latent_dim, widths, hidden, beta, temperature, residual: as in
+            :class:`~models.vae.ConditionalVAE`.
+    """
+
+    def __init__(
+        self,
+        graph: Mapping[str, Any],
+        image_shape: Sequence[int],
+        dataset: str = "unknown",
+        domain: str = "domain",
+        intervention_dims: int = 4,
+        domain_hidden: int = 64,
+        latent_dim: int = 16,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 256,
+        beta: float = 1.0,
+        temperature: float = 0.0,
+        residual: bool = True,
+        scm: Mapping[str, Any] | None = None,
+        scm_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cf_finetune: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(
+            graph,
+            image_shape,
+            dataset,
+            latent_dim=latent_dim,
+            widths=widths,
+            hidden=hidden,
+            beta=beta,
+            temperature=temperature,
+            residual=residual,
+            scm=scm,
+            scm_weight=scm_weight,
+            lr=lr,
+            weight_decay=weight_decay,
+            cf_finetune=cf_finetune,
+        )
+
+    mechanism_class = LatentDomainVAEMechanism
+
+    def mechanism_settings(self) -> dict[str, Any]:
+        names = ("domain", "intervention_dims", "domain_hidden")
         return {**super().mechanism_settings(), **{name: self.hparams[name] for name in names}}

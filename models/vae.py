@@ -178,14 +178,13 @@ class ConditionalVAE(CounterfactualModel):
         )
         self.save_hyperparameters()
         self.set_mechanism(
-            VAEMechanism(
-                self.graph,
-                self.image_shape,
-                latent_dim,
-                widths,
-                hidden,
-                beta,
-                temperature,
-                residual,
-            )
+            self.mechanism_class(self.graph, self.image_shape, **self.mechanism_settings())
         )
+
+    #: The image mechanism this module wraps (a variant of the family subclasses both).
+    mechanism_class = VAEMechanism
+
+    def mechanism_settings(self) -> dict[str, Any]:
+        """The mechanism's settings, from the saved hyperparameters."""
+        names = ("latent_dim", "widths", "hidden", "beta", "temperature", "residual")
+        return {name: self.hparams[name] for name in names}
