@@ -12,7 +12,7 @@ from models.base import CHECKPOINT_CLASS_KEY, CounterfactualModel, read_checkpoi
 from models.diffae import DiffusionAutoencoder
 from models.flow import ConditionalFlow
 from models.hvae import HierarchicalVAE
-from models.ild import InvertibleLatentDomain
+from models.ild import InvertibleLatentDomain, LatentDomainVAE
 from models.image_vae import ImageVAE
 from models.predictor import AttributePredictor
 from models.vae import ConditionalVAE
@@ -25,6 +25,7 @@ MODELS: dict[str, type[pl.LightningModule]] = {
         HierarchicalVAE,
         ConditionalFlow,
         InvertibleLatentDomain,
+        LatentDomainVAE,
         DiffusionAutoencoder,
         AttributePredictor,
         ImageVAE,

@@ -7,7 +7,7 @@ import itertools
 from models.diffae import DiffusionAutoencoder
 from models.flow import ConditionalFlow
 from models.hvae import HierarchicalVAE
-from models.ild import InvertibleLatentDomain
+from models.ild import InvertibleLatentDomain, LatentDomainVAE
 from models.vae import ConditionalVAE
 
 #: Null-intervention bound of the tiny diffusion autoencoders, max absolute error on [0, 1]. DDIM
@@ -46,6 +46,24 @@ def tiny_ild(dm, **overrides) -> InvertibleLatentDomain:
         scm=TINY_SCM,
     )
     return InvertibleLatentDomain(
+        graph=dm.graph.to_dict(),
+        image_shape=dm.image_shape,
+        dataset=dm.name,
+        **{**settings, **overrides},
+    )
+
+
+def tiny_ild_vae(dm, **overrides) -> LatentDomainVAE:
+    settings = dict(
+        domain=domain_of(dm.graph),
+        intervention_dims=2,
+        domain_hidden=16,
+        latent_dim=6,
+        widths=(8, 16),
+        hidden=32,
+        scm=TINY_SCM,
+    )
+    return LatentDomainVAE(
         graph=dm.graph.to_dict(),
         image_shape=dm.image_shape,
         dataset=dm.name,
@@ -117,6 +135,7 @@ FAMILIES = {
         1e-4,  # exact up to float32 rounding (~1e-6)
     ),
     "ild": (tiny_ild, 1e-4),  # a flow too
+    "ild_vae": (tiny_ild_vae, 1e-4),  # exact through the pixel residual, as the VAE
     "diffae": (
         lambda dm: tiny_diffae(dm, causal_latent=False),
         DIFFAE_NULL_BOUND,

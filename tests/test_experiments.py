@@ -134,7 +134,7 @@ def test_every_config_option_composes_and_builds(group, option, morpho, domains,
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose(config, overrides=overrides)
     if group == "model" or group == "experiment":
-        model = _build_model(cfg.model, domains if option == "ild" else morpho)  # ILD: a domain
+        model = _build_model(cfg.model, domains if option.startswith("ild") else morpho)  # a domain
         assert type(model).__name__ == cfg.model._target_.rsplit(".", 1)[1]
     elif group == "trainer" and cfg.trainer.accelerator in ("cpu", "auto") and option != "auto":
         built = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)

@@ -22,7 +22,7 @@ def batch(morpho):
     return morpho.test_set.batch(range(6))
 
 
-@pytest.mark.parametrize("family", ["vae", "hvae", "flow", "ild", "diffae"])
+@pytest.mark.parametrize("family", ["vae", "hvae", "flow", "ild", "ild_vae", "diffae"])
 def test_round_trip_gives_the_same_counterfactuals(family, morpho, batch, tmp_path):
     model = FAMILIES[family][0](morpho)
     model.log_dict = lambda *args, **kwargs: None
