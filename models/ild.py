@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from datamodules.base import CausalGraph
 from models.flow import ConditionalFlow, FlowImageMechanism, per_dimension
-from models.nn.gaussian import standard_normal_kl
+from models.nn.gaussian import mmd_to_standard_normal, standard_normal_kl
 from models.nn.likelihoods import to_signed
 from models.vae import ConditionalVAE, VAEMechanism
 
@@ -338,6 +338,15 @@ class LatentDomainVAEMechanism(VAEMechanism):
     intervention set: an image's domain is known to the prior only there, so a domain-dependent
     code costs KL anywhere else; in the flow's pixel-shaped latent nothing rewards a sparse code.
 
+    The ELBO alone barely cares where the domain is: a model whose decoder reads it from ``z_S``
+    and ignores ``z_I`` gives up at most ``log(domains)`` nats of an image's thousands. So with
+    ``independence_weight > 0`` the loss also asks what the model assumes, that the exogenous
+    noise ``e = (z_S, e_I)`` follows ``N(0, I)`` in every domain, and so is independent of it: the
+    squared MMD between each domain's abducted noise in the batch and ``N(0, I)``
+    (:func:`~models.nn.gaussian.mmd_to_standard_normal`; InfoVAE and WAE match the aggregate
+    posterior the same way). With ``z_S`` blind to the domain, the decoder can only learn the
+    domain from ``z_I``.
+
     Abduction: ``z`` from the posterior (its mean at ``temperature=0``), ``e = `` the latent SCM's
     noise of ``z`` under the factual domain, and the pixel residual as in the VAE. Prediction:
     ``z' = `` the latent SCM under the counterfactual domain, decoded under the counterfactual
@@ -346,7 +355,8 @@ class LatentDomainVAEMechanism(VAEMechanism):
     Args:
         graph: the causal graph; ``domain`` names a categorical image parent.
         image_shape: ``(C, H, W)``.
-        domain, intervention_dims, domain_hidden: see :class:`LatentDomainVAE`.
+        domain, intervention_dims, domain_hidden, independence_weight: see
+            :class:`LatentDomainVAE`.
         latent_dim, widths, hidden, beta, temperature, residual: the VAE's
             (:class:`~models.vae.VAEMechanism`).
     """
@@ -358,6 +368,7 @@ class LatentDomainVAEMechanism(VAEMechanism):
         domain: str = "domain",
         intervention_dims: int = 4,
         domain_hidden: int = 64,
+        independence_weight: float = 0.0,
         latent_dim: int = 16,
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 256,
@@ -365,6 +376,10 @@ class LatentDomainVAEMechanism(VAEMechanism):
         temperature: float = 0.0,
         residual: bool = True,
     ):
+        if independence_weight < 0 or not math.isfinite(independence_weight):
+            raise ValueError(
+                f"independence_weight must be a finite number >= 0, got {independence_weight}"
+            )
         context = check_domain(graph, domain)
         check_intervention_dims(intervention_dims, latent_dim)
         shared_map = CausalGraph(graph.variables, image_parents=context)
@@ -372,6 +387,7 @@ class LatentDomainVAEMechanism(VAEMechanism):
             shared_map, image_shape, latent_dim, widths, hidden, beta, temperature, residual
         )
         self.domain = domain
+        self.independence_weight = independence_weight
         self.mechanisms = DomainMechanisms(
             latent_dim - intervention_dims,
             intervention_dims,
@@ -393,20 +409,37 @@ class LatentDomainVAEMechanism(VAEMechanism):
         ).sum(1)
         return standard_normal_kl(mean_shared, log_sd_shared) + intervened
 
+    def noise_dependence(self, z: Tensor, domain: Tensor) -> Tensor:
+        """Mean over the batch's domains (those with 2 or more images) of the squared MMD between
+        their noise ``e`` and ``N(0, I)``."""
+        e, _ = self.mechanisms.to_noise(z, domain)
+        terms = [
+            mmd_to_standard_normal(e[domain == d])
+            for d in range(self.mechanisms.num_domains)
+            if int((domain == d).sum()) >= 2
+        ]
+        return torch.stack(terms).mean() if terms else z.new_zeros(())
+
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The negative ELBO per dimension (``beta``-weighted KL); logs the latent Bayes
-        classifier's domain accuracy (how much of the domain the intervention set holds)."""
+        """The negative ELBO per dimension (``beta``-weighted KL), plus ``independence_weight``
+        nats times the noise's dependence on the domain (:meth:`noise_dependence`). Logs the
+        latent Bayes classifier's domain accuracy (how much of the domain ``z_I`` holds)."""
         mean, log_sd = self.encode(x, pa)
         z = mean + log_sd.exp() * torch.randn_like(mean)
         nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
-        kl = self.kl(mean, log_sd, z, pa[self.domain])
+        domain = pa[self.domain].long()
+        kl = self.kl(mean, log_sd, z, domain)
         dims = x[0].numel()
         loss = (nll + self.beta * kl).mean() / dims
-        bits_per_dim = (nll + kl).mean() / (dims * math.log(2))
+        logs = {"bpd": (nll + kl).mean() / (dims * math.log(2)), "kl": kl.mean()}
+        if self.independence_weight > 0:
+            dependence = self.noise_dependence(z, domain)
+            loss = loss + self.independence_weight * dependence / dims
+            logs["noise_mmd"] = dependence
         with torch.no_grad():
             guessed = self.mechanisms.domain_scores(mean).argmax(1)
-            accuracy = (guessed == pa[self.domain].long()).float().mean()
-        return loss, {"bpd": bits_per_dim, "kl": kl.mean(), "domain_accuracy": accuracy}
+            logs["domain_accuracy"] = (guessed == domain).float().mean()
+        return loss, logs
 
     def latent(self, x: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
         """``z``, the posterior mean: the latent the domain mechanisms act on, ``(B, D)``."""
@@ -463,6 +496,8 @@ class LatentDomainVAE(ConditionalVAE):
         intervention_dims: ``k``, the latent variables whose mechanisms differ across domains
             (1 to ``latent_dim``; ``latent_dim``: the dense model).
         domain_hidden: width of the domain mechanisms' network.
+        independence_weight: nats of loss per unit of the noise's squared MMD from ``N(0, I)``
+            in each domain (see :class:`LatentDomainVAEMechanism`; 0: the ELBO alone).
         latent_dim, widths, hidden, beta, temperature, residual: as in
             :class:`~models.vae.ConditionalVAE`.
     """
@@ -475,6 +510,7 @@ class LatentDomainVAE(ConditionalVAE):
         domain: str = "domain",
         intervention_dims: int = 4,
         domain_hidden: int = 64,
+        independence_weight: float = 0.0,
         latent_dim: int = 16,
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 256,
@@ -507,5 +543,5 @@ class LatentDomainVAE(ConditionalVAE):
     mechanism_class = LatentDomainVAEMechanism
 
     def mechanism_settings(self) -> dict[str, Any]:
-        names = ("domain", "intervention_dims", "domain_hidden")
+        names = ("domain", "intervention_dims", "domain_hidden", "independence_weight")
         return {**super().mechanism_settings(), **{name: self.hparams[name] for name in names}}
