@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from datamodules.base import CausalGraph
 from models.flow import ConditionalFlow, FlowImageMechanism, per_dimension
-from models.nn.gaussian import mmd_to_standard_normal, standard_normal_kl
+from models.nn.gaussian import mmd, standard_normal_kl
 from models.nn.likelihoods import to_signed
 from models.vae import ConditionalVAE, VAEMechanism
 
@@ -341,11 +341,10 @@ class LatentDomainVAEMechanism(VAEMechanism):
     The ELBO alone barely cares where the domain is: a model whose decoder reads it from ``z_S``
     and ignores ``z_I`` gives up at most ``log(domains)`` nats of an image's thousands. So with
     ``independence_weight > 0`` the loss also asks what the model assumes, that the exogenous
-    noise ``e = (z_S, e_I)`` follows ``N(0, I)`` in every domain, and so is independent of it: the
-    squared MMD between each domain's abducted noise in the batch and ``N(0, I)``
-    (:func:`~models.nn.gaussian.mmd_to_standard_normal`; InfoVAE and WAE match the aggregate
-    posterior the same way). With ``z_S`` blind to the domain, the decoder can only learn the
-    domain from ``z_I``.
+    noise ``e = (z_S, e_I)`` has one law in every domain, so is independent of it: the squared
+    MMD between each domain's abducted noise in the batch and the other domains'
+    (:func:`~models.nn.gaussian.mmd`). With ``z_S`` blind to the domain, the decoder can only
+    learn the domain from ``z_I``.
 
     Abduction: ``z`` from the posterior (its mean at ``temperature=0``), ``e = `` the latent SCM's
     noise of ``z`` under the factual domain, and the pixel residual as in the VAE. Prediction:
@@ -410,14 +409,15 @@ class LatentDomainVAEMechanism(VAEMechanism):
         return standard_normal_kl(mean_shared, log_sd_shared) + intervened
 
     def noise_dependence(self, z: Tensor, domain: Tensor) -> Tensor:
-        """Mean over the batch's domains (those with 2 or more images) of the squared MMD between
-        their noise ``e`` and ``N(0, I)``."""
+        """Mean over the batch's domains of the squared MMD between the noise ``e`` of that
+        domain's images and of the others' (domains with fewer than 2 images on either side are
+        left out): 0 when ``e`` is independent of the domain."""
         e, _ = self.mechanisms.to_noise(z, domain)
-        terms = [
-            mmd_to_standard_normal(e[domain == d])
-            for d in range(self.mechanisms.num_domains)
-            if int((domain == d).sum()) >= 2
-        ]
+        terms = []
+        for d in range(self.mechanisms.num_domains):
+            inside = domain == d
+            if 2 <= int(inside.sum()) <= len(e) - 2:
+                terms.append(mmd(e[inside], e[~inside]))
         return torch.stack(terms).mean() if terms else z.new_zeros(())
 
     def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -496,8 +496,9 @@ class LatentDomainVAE(ConditionalVAE):
         intervention_dims: ``k``, the latent variables whose mechanisms differ across domains
             (1 to ``latent_dim``; ``latent_dim``: the dense model).
         domain_hidden: width of the domain mechanisms' network.
-        independence_weight: nats of loss per unit of the noise's squared MMD from ``N(0, I)``
-            in each domain (see :class:`LatentDomainVAEMechanism`; 0: the ELBO alone).
+        independence_weight: nats of loss per unit of the squared MMD between the noise of
+            each domain and of the others (see :class:`LatentDomainVAEMechanism`; 0: the ELBO
+            alone).
         latent_dim, widths, hidden, beta, temperature, residual: as in
             :class:`~models.vae.ConditionalVAE`.
     """
