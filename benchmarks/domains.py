@@ -2,6 +2,7 @@
 
     python benchmarks/domains.py --zoo benchmarks/results/domains-2026-12-02/cpu2-x86_64-2026-12-02.json
     python benchmarks/domains.py --sweep 1 16 256 1024 --minutes 3
+    python benchmarks/domains.py --sweep 4 --ild-model ild_vae --families vae hvae --minutes 12
 
 For every model and every (source, target) pair of domains, each test image of the source domain
 is sent to the target by do(domain=target) and compared with the true domain counterfactual that
@@ -15,6 +16,8 @@ from those where it fails (any pair with textured: every pixel's mechanism chang
 morphomnist_domains`` results file. ``--sweep K ...`` trains ILD with ``intervention_dims=K`` for
 ``--minutes`` each (train.py, one after the other, in ``--work-dir``) and scores each: how the
 error changes with the size of the intervention set, from 1 latent dimension to all 1,024.
+``--families NAME ...`` trains those model configs for the same ``--minutes`` and scores them beside
+the sweep.
 Writes ``<out-dir>/<machine>-<date>-domains.json`` and ``.md``; a second call with the same file
 adds its models to it (the sweep's rows are named ``ild_k<K>``, or ``ild_vae_k<K>`` with
 ``--ild-model ild_vae``, ILD with the paper's pseudo-invertible map).
@@ -163,6 +166,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--zoo", help="a zoo.py results file of --data morphomnist_domains")
     parser.add_argument("--sweep", type=int, nargs="+", default=[], help="ILD intervention_dims")
     parser.add_argument(
+        "--families",
+        nargs="+",
+        default=[],
+        help="model configs to train for --minutes each on the same data and score beside the "
+        "sweep (e.g. vae hvae flow): the same budget for every row",
+    )
+    parser.add_argument(
         "--ild-model",
         default="ild",
         choices=["ild", "ild_vae"],
@@ -188,8 +198,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--machine", default=machine_name())
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     args = parser.parse_args(argv)
-    if not args.zoo and not args.sweep:
-        parser.error("give --zoo FILE and/or --sweep K [K ...]")
+    if not args.zoo and not args.sweep and not args.families:
+        parser.error("give --zoo FILE, --sweep K [K ...] and/or --families NAME [NAME ...]")
     if any(k < 1 or k > 1024 for k in args.sweep):
         parser.error(f"--sweep takes intervention_dims from 1 to 1024, got {args.sweep}")
     # (ild_vae's upper bound, its latent_dim, is checked by the model when it is built)
@@ -247,6 +257,22 @@ def main(argv: list[str] | None = None) -> Path:
         )
         extra = {"minutes": args.minutes, "intervention_dims": k}
         todo.append((name, trained["checkpoint"], extra))
+    for family in args.families:
+        name = family + (f"_seed{args.seed}" if args.seed else "")
+        print(f"training {name} for {args.minutes} minutes", flush=True)
+        trained = train_with_budget(
+            workdir,
+            family,
+            args.seed,
+            args.minutes,
+            [
+                "data=morphomnist_domains",
+                f"data.data_dir={args.data_dir}",
+                f"data.seed={DATA_SEED}",
+            ],
+            run=name,
+        )
+        todo.append((name, trained["checkpoint"], {"minutes": args.minutes}))
 
     if args.zoo:  # the references: the floor (0 by construction) and a model that ignores do
         todo += [("oracle", "", {}), ("identity", "", {})]

@@ -176,6 +176,24 @@ def test_ild_vae_null_intervention_is_exact_with_the_residual(ild_vae, batch):
     assert (cf.image - batch["x"]).abs().max() < 1e-5
 
 
+def test_the_independence_term_measures_how_much_the_noise_knows_the_domain(domains, batch):
+    """0 (up to sampling error) for noise drawn apart from the domain; large when one domain's
+    noise is shifted; and it enters the loss with its weight."""
+    model = tiny_ild_vae(domains, independence_weight=1000.0)
+    mechanism = model.net
+    torch.manual_seed(0)
+    domain = torch.arange(300) % 3
+    z = torch.randn(300, mechanism.latent_dim)
+    with torch.no_grad():  # identity domain mechanisms at initialisation: e = z
+        independent = mechanism.noise_dependence(z, domain)
+        shifted = mechanism.noise_dependence(z + (domain == 1).float()[:, None], domain)
+    assert abs(float(independent)) < 0.01 and float(shifted) > 0.1, (independent, shifted)
+    _, logs = mechanism.loss(batch["x"], batch["pa"])
+    assert "noise_mmd" in logs
+    _, logs = tiny_ild_vae(domains, independence_weight=0.0).net.loss(batch["x"], batch["pa"])
+    assert "noise_mmd" not in logs
+
+
 def test_ild_vae_bad_settings_are_clear_errors(domains, morpho):
     with pytest.raises(
         ValueError, match="intervention_dims must be between 1 and the latent size 6"
@@ -183,3 +201,5 @@ def test_ild_vae_bad_settings_are_clear_errors(domains, morpho):
         tiny_ild_vae(domains, intervention_dims=7)
     with pytest.raises(ValueError, match="ILD needs a categorical domain variable"):
         tiny_ild_vae(morpho, domain="intensity")
+    with pytest.raises(ValueError, match="independence_weight must be a finite number >= 0"):
+        tiny_ild_vae(domains, independence_weight=float("nan"))
