@@ -13,20 +13,26 @@ depend on the domain only on an intervention set ``I`` of ``k`` latent variables
 The paper proves that every ILD model has a domain-counterfactually equivalent one whose
 intervened variables come last in a topological order, and estimates it under exactly that
 constraint: shared mechanisms for the first ``D - k`` variables, domain-specific ones for the last
-``k``. cfzoo does the same:
+``k``. cfzoo does the same, with two choices of ``g``:
 
-- ``g`` is the flow family's conditional multi-scale flow (:class:`~models.flow.PixelFlow`),
-  conditioned on the image's other parents (thickness, intensity, digit) but **not** on the
-  domain, so it is one map for all domains; ``do`` on the other parents acts through it as in
-  the flow family;
-- ``I`` is the last ``k`` latent dimensions, which in the multi-scale layout are the coarsest
-  level's (global structure such as orientation lives there);
+- :class:`InvertibleLatentDomain` (``model=ild``): ``g`` is the flow family's conditional
+  multi-scale flow (:class:`~models.flow.PixelFlow`), an exact bijection over all ``C * H * W``
+  pixels;
+- :class:`LatentDomainVAE` (``model=ild_vae``): ``g`` is the paper's pseudo-invertible map, a
+  VAE's decoder with its encoder as ``g^-1``, over ``latent_dim`` variables.
+
+In both, ``g`` is conditioned on the image's other parents (thickness, intensity, digit) but
+**not** on the domain, so it is one map for all domains, and ``do`` on the other parents acts
+through it. Then:
+
+- ``I`` is the last ``k`` latent dimensions (in the flow's multi-scale layout the coarsest
+  level's, where global structure such as orientation lives);
 - the shared mechanisms are the identity: any shared invertible map between ``e_S`` and ``z_S``
   is absorbed into ``g``, so a learned one would add parameters without adding models;
 - the domain-specific mechanism is an affine map of ``e_I`` whose shift and log-scale come from
-  a small network of ``z_S`` and the domain (the paper's autoregressive dependence of the last
-  ``k`` variables on the first ``D - k``; within ``I`` the variables are independent given
-  ``z_S``).
+  a small network of ``z_S`` and the domain (:class:`DomainMechanisms`: the paper's
+  autoregressive dependence of the last ``k`` variables on the first ``D - k``; within ``I`` the
+  variables are independent given ``z_S``).
 
 Abduction is ``z = g^-1(x)``, ``e_S = z_S``, ``e_I = (z_I - mu) exp(-s)``; prediction the reverse
 under the counterfactual domain and parents. do(domain) therefore changes ``z_I`` only: the
@@ -35,17 +41,24 @@ is domain-specific: the dense model the paper compares against.
 
 **Departures from the paper**, and why:
 
-- ``g`` is an exact bijection (a flow), not the paper's pseudo-invertible autoencoder, so
-  abduction is exact and round trips are exact (``Counterfactual.unclipped``); training is the
-  flow's exact likelihood, so no reconstruction or alignment regulariser is needed;
+- the flow variant's ``g`` is exact, so its abduction and round trips are exact
+  (``Counterfactual.unclipped``) and it trains by exact likelihood. But in a latent laid out like
+  the pixels a 90-degree turn moves every latent, so no small ``I`` holds it: its do(domain) stays
+  the identity (``benchmarks/results/domains-2026-12-02/notes.md``);
+- the VAE variant adds an independence term (``independence_weight``): the squared MMD between
+  each domain's abducted noise and the other domains'. The ELBO alone lets the encoder keep the
+  domain in ``z_S``, where the decoder reads it, at a cost of at most ``log(domains)`` nats, and
+  do(domain) is then the identity again (``benchmarks/results/domains-2026-12-07/notes.md``);
 - ``I`` is configured (``intervention_dims``), not searched;
-- ``domain_weight`` adds the model's own domain posterior to the likelihood (see
+- ``domain_weight`` (flow variant) adds the model's own domain posterior to the likelihood (see
   :meth:`ILDImageMechanism.loss` for why); 0 is the paper's maximum likelihood.
 
 Example:
     >>> ild = InvertibleLatentDomain(graph=dm.graph.to_dict(), image_shape=(1, 32, 32),
     ...                              dataset="morphomnist_domains", intervention_dims=16)
     >>> cf = ild.counterfactual(x, pa, {"domain": 1})  # the same digits, seen in domain 1
+    >>> ild_vae = LatentDomainVAE(graph=dm.graph.to_dict(), image_shape=(1, 32, 32),
+    ...                           dataset="morphomnist_domains", intervention_dims=4)
 """
 
 from __future__ import annotations
