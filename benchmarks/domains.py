@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
         "g, model.latent_dim latents); its rows are named ild_k<K> or ild_vae_k<K>",
     )
     parser.add_argument(
-        "--minutes", type=float, default=3.0, help="training budget per sweep model"
+        "--minutes", type=float, default=3.0, help="training budget per trained model"
     )
     parser.add_argument(
         "--ild-override",
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
         "model.domain_weight=1000",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="training seed of the sweep's runs (named when not 0)"
+        "--seed", type=int, default=0, help="training seed of the trained runs (named when not 0)"
     )
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "domains"))
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> Path:
                 todo.append((name, row["checkpoint"], {"minutes": minutes}))
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    # every trained row sees the data the judge and the scores use
+    data = ["data=morphomnist_domains", f"data.data_dir={args.data_dir}", f"data.seed={DATA_SEED}"]
     for k in args.sweep:
         # a run directory's name can't hold "=" (Hydra's override grammar)
         name = "_".join(
@@ -246,13 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
             args.ild_model,
             args.seed,
             args.minutes,
-            [
-                "data=morphomnist_domains",
-                f"data.data_dir={args.data_dir}",
-                f"data.seed={DATA_SEED}",
-                f"model.intervention_dims={k}",
-                *args.ild_override,
-            ],
+            [*data, f"model.intervention_dims={k}", *args.ild_override],
             run=name,
         )
         extra = {"minutes": args.minutes, "intervention_dims": k}
@@ -265,11 +261,7 @@ def main(argv: list[str] | None = None) -> Path:
             family,
             args.seed,
             args.minutes,
-            [
-                "data=morphomnist_domains",
-                f"data.data_dir={args.data_dir}",
-                f"data.seed={DATA_SEED}",
-            ],
+            data,
             run=name,
         )
         todo.append((name, trained["checkpoint"], {"minutes": args.minutes}))

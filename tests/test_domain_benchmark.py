@@ -43,3 +43,9 @@ def test_the_oracle_is_exact_and_the_identity_is_not(domains, domain_judge):
         }
     )
     assert "| truth L1 mean, sparse pairs | 0.00 |" in table
+
+
+def test_nothing_to_score_is_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        domain_benchmark.main([])
+    assert "--families NAME" in capsys.readouterr().err
