@@ -75,8 +75,7 @@ from torch import Tensor, nn
 from datamodules.base import CausalGraph
 from models.flow import ConditionalFlow, FlowImageMechanism, per_dimension
 from models.nn.gaussian import mmd, standard_normal_kl
-from models.nn.likelihoods import to_signed
-from models.vae import ConditionalVAE, VAEMechanism
+from models.vae import ConditionalVAE, VAEMechanism, VAENoise
 
 __all__ = [
     "DomainMechanisms",
@@ -215,7 +214,6 @@ class ILDImageMechanism(FlowImageMechanism):
         check_intervention_dims(intervention_dims, dims)
         super().__init__(graph, image_shape, logit_alpha, context=context, **flow)
         self.domain = domain
-        self.intervention_dims = intervention_dims
         self.domain_weight = domain_weight
         self.mechanisms = DomainMechanisms(
             dims - intervention_dims,
@@ -407,11 +405,11 @@ class LatentDomainVAEMechanism(VAEMechanism):
             domain_hidden,
         )
 
-    def kl(self, mean: Tensor, log_sd: Tensor, z: Tensor, domain: Tensor) -> Tensor:
+    def kl(self, mean: Tensor, log_sd: Tensor, z: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
         """``KL(q(z) || p_d(z))`` per sample, the intervention set's term at the sampled ``z_S``."""
         mean_shared, mean_intervened = self.mechanisms.split(mean)
         log_sd_shared, log_sd_intervened = self.mechanisms.split(log_sd)
-        shift, log_scale = self.mechanisms(self.mechanisms.split(z)[0], domain)
+        shift, log_scale = self.mechanisms(self.mechanisms.split(z)[0], pa[self.domain])
         intervened = (
             log_scale
             - log_sd_intervened
@@ -437,17 +435,11 @@ class LatentDomainVAEMechanism(VAEMechanism):
         """The negative ELBO per dimension (``beta``-weighted KL), plus ``independence_weight``
         nats times the noise's dependence on the domain (:meth:`noise_dependence`). Logs the
         latent Bayes classifier's domain accuracy (how much of the domain ``z_I`` holds)."""
-        mean, log_sd = self.encode(x, pa)
-        z = mean + log_sd.exp() * torch.randn_like(mean)
-        nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
+        loss, logs, mean, z = self.elbo(x, pa)
         domain = pa[self.domain].long()
-        kl = self.kl(mean, log_sd, z, domain)
-        dims = x[0].numel()
-        loss = (nll + self.beta * kl).mean() / dims
-        logs = {"bpd": (nll + kl).mean() / (dims * math.log(2)), "kl": kl.mean()}
         if self.independence_weight > 0:
             dependence = self.noise_dependence(z, domain)
-            loss = loss + self.independence_weight * dependence / dims
+            loss = loss + self.independence_weight * dependence / x[0].numel()
             logs["noise_mmd"] = dependence
         with torch.no_grad():
             guessed = self.mechanisms.domain_scores(mean).argmax(1)
@@ -461,10 +453,9 @@ class LatentDomainVAEMechanism(VAEMechanism):
     def abduct(
         self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool
     ) -> LatentDomainNoise:
-        mean, log_sd = self.encode(x, pa)
-        z = mean + temperature * log_sd.exp() * torch.randn_like(mean) if temperature else mean
-        e, _ = self.mechanisms.to_noise(z, pa[self.domain])
-        return LatentDomainNoise(e, self.decode(z, pa).noise(to_signed(x)) if residual else None)
+        noise = super().abduct(x, pa, temperature, residual)  # the VAE's z and pixel residual
+        e, _ = self.mechanisms.to_noise(noise.z, pa[self.domain])
+        return LatentDomainNoise(e, noise.residual)
 
     def prior_noise(
         self, pa: Mapping[str, Tensor], temperature: float, residual: bool
@@ -490,7 +481,7 @@ class LatentDomainVAEMechanism(VAEMechanism):
                 f"{type(noise).__name__}"
             )
         z = self.mechanisms.from_noise(noise.e, pa[self.domain])
-        return self.decode(z, pa).image(noise.residual or {}, residual)
+        return super().predict(VAENoise(z, noise.residual), pa, intervened, temperature, residual)
 
 
 class LatentDomainVAE(ConditionalVAE):

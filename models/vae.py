@@ -100,17 +100,29 @@ class VAEMechanism(ImageMechanism):
         mean, log_scale = self.decoder(torch.cat([z, self.parents(pa)], -1)).chunk(2, 1)
         return DiscretizedGaussian(mean, log_scale)
 
-    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The negative ELBO per dimension (``beta``-weighted KL)."""
+    def kl(self, mean: Tensor, log_sd: Tensor, z: Tensor, pa: Mapping[str, Tensor]) -> Tensor:
+        """``KL(q(z | x, pa) || p(z))`` per sample, ``z`` the sample the ELBO decodes; the prior
+        here is ``N(0, I)`` (a variant with another prior overrides this)."""
+        return standard_normal_kl(mean, log_sd)
+
+    def elbo(
+        self, x: Tensor, pa: Mapping[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """The negative ELBO per dimension (``beta``-weighted KL) and its logs, with the posterior
+        mean and the sampled ``z`` it decoded (for a variant's extra terms)."""
         mean, log_sd = self.encode(x, pa)
         z = mean + log_sd.exp() * torch.randn_like(mean)
         nll = -self.decode(z, pa).log_prob(to_signed(x)).flatten(1).sum(1)
-        kl = standard_normal_kl(mean, log_sd)
+        kl = self.kl(mean, log_sd, z, pa)
         dims = x[0].numel()
         # Per-dimension units keep the learning rate independent of the image size.
         loss = (nll + self.beta * kl).mean() / dims
         bits_per_dim = (nll + kl).mean() / (dims * math.log(2))
-        return loss, {"bpd": bits_per_dim, "kl": kl.mean()}
+        return loss, {"bpd": bits_per_dim, "kl": kl.mean()}, mean, z
+
+    def loss(self, x: Tensor, pa: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The negative ELBO per dimension (``beta``-weighted KL)."""
+        return self.elbo(x, pa)[:2]
 
     def abduct(
         self, x: Tensor, pa: Mapping[str, Tensor], temperature: float, residual: bool

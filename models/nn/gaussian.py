@@ -33,7 +33,7 @@ def mmd(a: Tensor, b: Tensor) -> Tensor:
         return sum(2.0 * dims * s / (2.0 * dims * s + distance) for s in _IMQ_SCALES)
 
     def within(x: Tensor) -> Tensor:
-        n = len(x)
-        return (kernel(x, x).sum() - kernel(x, x).diagonal().sum()) / (n * (n - 1))
+        n, gram = len(x), kernel(x, x)
+        return (gram.sum() - gram.diagonal().sum()) / (n * (n - 1))
 
     return within(a) + within(b) - 2.0 * kernel(a, b).mean()

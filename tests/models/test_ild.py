@@ -140,7 +140,7 @@ def test_the_elbo_divides_by_the_domain_prior(ild_vae, batch):
     domain = torch.full((n,), 2)
     with torch.no_grad():
         z = mean + log_sd.exp() * torch.randn(n, dims)
-        closed = mechanism.kl(mean, log_sd, z, domain).mean()
+        closed = mechanism.kl(mean, log_sd, z, {"domain": domain}).mean()
         e, logdet = mechanisms.to_noise(z, domain)
         log_p = Normal(0.0, 1.0).log_prob(e).sum(1) + logdet
         log_q = Normal(mean, log_sd.exp()).log_prob(z).sum(1)
