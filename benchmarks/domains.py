@@ -17,7 +17,8 @@ morphomnist_domains`` results file. ``--sweep K ...`` trains ILD with ``interven
 ``--minutes`` each (train.py, one after the other, in ``--work-dir``) and scores each: how the
 error changes with the size of the intervention set, from 1 latent dimension to all 1,024.
 ``--families NAME ...`` trains those model configs for the same ``--minutes`` and scores them beside
-the sweep.
+the sweep. ``--checkpoint NAME=PATH`` scores a trained checkpoint as row NAME: the way to score
+runs from several calls (seeds, commits) again at one commit, into one file.
 Writes ``<out-dir>/<machine>-<date>-domains.json`` and ``.md``; a second call with the same file
 adds its models to it (the sweep's rows are named ``ild_k<K>``, or ``ild_vae_k<K>`` with
 ``--ild-model ild_vae``, ILD with the paper's pseudo-invertible map).
@@ -146,7 +147,7 @@ def markdown(results: dict) -> str:
     for pair in pairs:
         cells = [f"{models[n]['scores'][pair]['domain accuracy']:.1%}" for n in names]
         lines.append(f"| domain accuracy, {pair} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | commit | checkpoint | intervention_dims | training minutes |"]
+    lines += ["", "| model | scored at | checkpoint | intervention_dims | training minutes |"]
     lines.append("|---|---|---|---|---|")
     for name in names:
         entry = models[name]
@@ -171,6 +172,13 @@ def main(argv: list[str] | None = None) -> Path:
         default=[],
         help="model configs to train for --minutes each on the same data and score beside the "
         "sweep (e.g. vae hvae flow): the same budget for every row",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="score this checkpoint as row NAME (repeatable)",
     )
     parser.add_argument(
         "--ild-model",
@@ -198,8 +206,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--machine", default=machine_name())
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     args = parser.parse_args(argv)
-    if not args.zoo and not args.sweep and not args.families:
-        parser.error("give --zoo FILE, --sweep K [K ...] and/or --families NAME [NAME ...]")
+    if not (args.zoo or args.sweep or args.families or args.checkpoint):
+        parser.error(
+            "give --zoo FILE, --sweep K [K ...], --families NAME [NAME ...] and/or "
+            "--checkpoint NAME=PATH"
+        )
+    checkpoints = []
+    for given in args.checkpoint:
+        name, sep, path = given.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--checkpoint takes NAME=PATH, got {given!r}")
+        if not Path(path).is_file():
+            parser.error(f"--checkpoint {name}: no file at {path}")
+        checkpoints.append((name, path, {}))
     if any(k < 1 or k > 1024 for k in args.sweep):
         parser.error(f"--sweep takes intervention_dims from 1 to 1024, got {args.sweep}")
     # (ild_vae's upper bound, its latent_dim, is checked by the model when it is built)
@@ -229,6 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
             if row is not None:
                 minutes = row["metrics"].get("training minutes")
                 todo.append((name, row["checkpoint"], {"minutes": minutes}))
+    todo += checkpoints
     workdir = Path(args.work_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     # every trained row sees the data the judge and the scores use

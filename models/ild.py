@@ -332,10 +332,13 @@ class LatentDomainNoise:
         e: ``(B, latent_dim)``, the latent SCM's noise ``(e_S, e_I)`` of the abducted latent.
         residual: the pixel residual about the decoder mean, with that mean and scale
             (:meth:`~models.nn.likelihoods.DiscretizedGaussian.noise`), or ``None``.
+        domain: ``(B,)``, the domain the residual was abducted in; prediction keeps it only
+            where the domain is unchanged (see :meth:`LatentDomainVAEMechanism.predict`).
     """
 
     e: Tensor
     residual: dict[str, Tensor] | None = None
+    domain: Tensor | None = None
 
 
 class LatentDomainVAEMechanism(VAEMechanism):
@@ -360,7 +363,11 @@ class LatentDomainVAEMechanism(VAEMechanism):
     Abduction: ``z`` from the posterior (its mean at ``temperature=0``), ``e = `` the latent SCM's
     noise of ``z`` under the factual domain, and the pixel residual as in the VAE. Prediction:
     ``z' = `` the latent SCM under the counterfactual domain, decoded under the counterfactual
-    parents, plus the faded residual. do(domain) moves ``z_I`` only.
+    parents, plus the faded residual where the domain is unchanged. do(domain) moves ``z_I``
+    only, and an image whose domain changes is the decoder mean ``g(z')``: the paper's domain
+    counterfactual. The residual is pixel-pinned detail of the factual domain's rendering, and a
+    domain's mechanism may move every pixel (a rotation); carried across, it leaves the factual
+    digit's ghost (the evidence is in ``benchmarks/results/``).
 
     Args:
         graph: the causal graph; ``domain`` names a categorical image parent.
@@ -455,7 +462,7 @@ class LatentDomainVAEMechanism(VAEMechanism):
     ) -> LatentDomainNoise:
         noise = super().abduct(x, pa, temperature, residual)  # the VAE's z and pixel residual
         e, _ = self.mechanisms.to_noise(noise.z, pa[self.domain])
-        return LatentDomainNoise(e, noise.residual)
+        return LatentDomainNoise(e, noise.residual, pa[self.domain])
 
     def prior_noise(
         self, pa: Mapping[str, Tensor], temperature: float, residual: bool
@@ -481,7 +488,13 @@ class LatentDomainVAEMechanism(VAEMechanism):
                 f"{type(noise).__name__}"
             )
         z = self.mechanisms.from_noise(noise.e, pa[self.domain])
-        return super().predict(VAENoise(z, noise.residual), pa, intervened, temperature, residual)
+        pixel_noise = noise.residual
+        if pixel_noise is not None and noise.domain is not None:
+            # a domain counterfactual is g(z') alone (why: the class docstring)
+            kept = (pa[self.domain] == noise.domain).to(pixel_noise["residual"].dtype)
+            kept = kept.view(-1, *[1] * (pixel_noise["residual"].dim() - 1))
+            pixel_noise = {**pixel_noise, "residual": pixel_noise["residual"] * kept}
+        return super().predict(VAENoise(z, pixel_noise), pa, intervened, temperature, residual)
 
 
 class LatentDomainVAE(ConditionalVAE):

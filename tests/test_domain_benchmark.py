@@ -48,4 +48,14 @@ def test_the_oracle_is_exact_and_the_identity_is_not(domains, domain_judge):
 def test_nothing_to_score_is_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit):
         domain_benchmark.main([])
-    assert "--families NAME" in capsys.readouterr().err
+    assert "--checkpoint NAME=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [("ild_vae", "takes NAME=PATH"), ("=x.ckpt", "takes NAME=PATH"), ("a=nowhere.ckpt", "no file")],
+)
+def test_a_bad_checkpoint_argument_is_refused_before_any_work(given, message, capsys):
+    with pytest.raises(SystemExit):
+        domain_benchmark.main(["--checkpoint", given])
+    assert message in capsys.readouterr().err

@@ -176,6 +176,23 @@ def test_ild_vae_null_intervention_is_exact_with_the_residual(ild_vae, batch):
     assert (cf.image - batch["x"]).abs().max() < 1e-5
 
 
+def test_ild_vae_residual_stays_in_its_domain(ild_vae, batch):
+    """do(domain=1) on a batch of every domain: the images that move are g(z') alone, as with
+    the residual off; those already in domain 1 keep theirs, so they come back as they were."""
+    x, pa = batch["x"], batch["pa"]
+    do = {"domain": torch.ones_like(pa["domain"])}
+    stays = pa["domain"] == 1
+    assert 0 < int(stays.sum()) < len(stays)
+    kept = ild_vae.counterfactual(x, pa, do)
+    alone = ild_vae.counterfactual(x, pa, do, residual=False)
+    assert torch.equal(kept.image[~stays], alone.image[~stays])
+    assert (kept.image[stays] - x[stays]).abs().max() < 1e-5
+    assert (alone.image[stays] - x[stays]).abs().max() > 0.05  # the residual did matter
+    thicker = ild_vae.counterfactual(x, pa, {"thickness": pa["thickness"] + 0.5})
+    gone = ild_vae.counterfactual(x, pa, {"thickness": pa["thickness"] + 0.5}, residual=False)
+    assert (thicker.image - gone.image).abs().max() > 0.05  # other interventions keep it
+
+
 def test_the_independence_term_measures_how_much_the_noise_knows_the_domain(domains, batch):
     """0 (up to sampling error) for noise drawn apart from the domain; large when one domain's
     noise is shifted; and it enters the loss with its weight."""
