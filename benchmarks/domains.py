@@ -3,6 +3,7 @@
     python benchmarks/domains.py --zoo benchmarks/results/domains-2026-12-02/cpu2-x86_64-2026-12-02.json
     python benchmarks/domains.py --sweep 1 16 256 1024 --minutes 3
     python benchmarks/domains.py --sweep 4 --ild-model ild_vae --families vae hvae --minutes 12
+    python benchmarks/domains.py --checkpoint ild_vae=outputs/domains/ild_vae_k4/checkpoints/last.ckpt
 
 For every model and every (source, target) pair of domains, each test image of the source domain
 is sent to the target by do(domain=target) and compared with the true domain counterfactual that
@@ -21,7 +22,9 @@ the sweep. ``--checkpoint NAME=PATH`` scores a trained checkpoint as row NAME: t
 runs from several calls (seeds, commits) again at one commit, into one file.
 Writes ``<out-dir>/<machine>-<date>-domains.json`` and ``.md``; a second call with the same file
 adds its models to it (the sweep's rows are named ``ild_k<K>``, or ``ild_vae_k<K>`` with
-``--ild-model ild_vae``, ILD with the paper's pseudo-invertible map).
+``--ild-model ild_vae``, ILD with the paper's pseudo-invertible map). And ``-domains-grid.png``: 4
+plain and 4 rotated test digits, each turned to the other domain, the truth, and this call's
+models (their seed-0 runs).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,6 +46,7 @@ from zoo import git_commit, machine_name, train_with_budget  # noqa: E402
 
 from datamodules import DomainMNISTDataModule  # noqa: E402
 from datamodules.domains import DOMAINS, SPARSE_DOMAINS  # noqa: E402
+from metrics.figures import save_grid  # noqa: E402
 from metrics.judges import load_or_train_predictor  # noqa: E402
 from metrics.soundness import l1  # noqa: E402
 from models import load_model  # noqa: E402
@@ -60,8 +65,12 @@ def is_sparse(source: int, target: int) -> bool:
 
 
 @torch.inference_mode()
-def score_domains(model, datamodule, judge, batch_size: int = 250) -> dict:
-    """Per (source, target) pair: median and mean truth L1, domain accuracy, reversibility."""
+def score_domains(
+    model, datamodule, judge, batch_size: int = 250, options: dict | None = None
+) -> dict:
+    """Per (source, target) pair: median and mean truth L1, domain accuracy, reversibility
+    (``options``: the model's counterfactual options, there and back)."""
+    options = options or {}
     test = datamodule.test_set
     per_pair: dict[str, dict[str, list[float]]] = {}
     for start in range(0, len(test), batch_size):
@@ -74,12 +83,12 @@ def score_domains(model, datamodule, judge, batch_size: int = 250) -> dict:
             rows = moved.nonzero().flatten()
             xs, pas, ids = x[rows], {k: v[rows] for k, v in pa.items()}, index[rows]
             do = {"domain": torch.full_like(pas["domain"], target)}
-            cf = model.counterfactual(xs, pas, do, sample_ids=ids)
+            cf = model.counterfactual(xs, pas, do, sample_ids=ids, **options)
             truth, _ = datamodule.true_counterfactual(ids, do)
             error = l1(cf.image, truth)
             judged = judge(cf.image.to(judge.device))["domain"].cpu() == target
             back = model.counterfactual(
-                cf.unclipped, cf.parents, {"domain": pas["domain"]}, sample_ids=ids
+                cf.unclipped, cf.parents, {"domain": pas["domain"]}, sample_ids=ids, **options
             )
             reversal = l1(back.image, xs)
             for n, source in enumerate(pas["domain"].tolist()):
@@ -112,6 +121,18 @@ def score_domains(model, datamodule, judge, batch_size: int = 250) -> dict:
         }
         out[label]["n"] = total
     return out
+
+
+def grid_batch(datamodule, per_domain: int = 4) -> tuple[dict, dict]:
+    """The first ``per_domain`` test images of each sparse domain, each sent to the other."""
+    test = datamodule.test_set
+    domain = test.batch(range(len(test)))["pa"]["domain"]
+    plain, rotated = (DOMAINS.index(name) for name in SPARSE_DOMAINS)
+    ids = [*(domain == plain).nonzero().flatten()[:per_domain].tolist()]
+    ids += (domain == rotated).nonzero().flatten()[:per_domain].tolist()
+    batch = test.batch(ids)
+    target = torch.where(batch["pa"]["domain"] == plain, rotated, plain)
+    return batch, {"domain": target.to(batch["pa"]["domain"].dtype)}
 
 
 def markdown(results: dict) -> str:
@@ -147,13 +168,18 @@ def markdown(results: dict) -> str:
     for pair in pairs:
         cells = [f"{models[n]['scores'][pair]['domain accuracy']:.1%}" for n in names]
         lines.append(f"| domain accuracy, {pair} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | scored at | checkpoint | intervention_dims | training minutes |"]
-    lines.append("|---|---|---|---|---|")
+    lines += [
+        "",
+        "| model | scored at | checkpoint | intervention_dims | training minutes | options |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
     for name in names:
         entry = models[name]
+        options = ", ".join(f"{k}={v}" for k, v in entry.get("options", {}).items())
         lines.append(
             f"| {name} | {entry['commit']} | `{entry['checkpoint']}` | "
-            f"{entry.get('intervention_dims', 'n/a')} | {entry.get('minutes', 'n/a')} |"
+            f"{entry.get('intervention_dims', 'n/a')} | {entry.get('minutes', 'n/a')} | "
+            f"{options or 'defaults'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -179,6 +205,14 @@ def main(argv: list[str] | None = None) -> Path:
         default=[],
         metavar="NAME=PATH",
         help="score this checkpoint as row NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a counterfactual option for every model this call scores, e.g. residual=false "
+        "(stored in each row)",
     )
     parser.add_argument(
         "--ild-model",
@@ -211,6 +245,12 @@ def main(argv: list[str] | None = None) -> Path:
             "give --zoo FILE, --sweep K [K ...], --families NAME [NAME ...] and/or "
             "--checkpoint NAME=PATH"
         )
+    options = {}
+    for given in args.option:
+        name, sep, value = given.partition("=")
+        if not sep or not name:
+            parser.error(f"--option takes NAME=VALUE, got {given!r}")
+        options[name] = yaml.safe_load(value)
     checkpoints = []
     for given in args.checkpoint:
         name, sep, path = given.partition("=")
@@ -288,6 +328,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     if args.zoo:  # the references: the floor (0 by construction) and a model that ignores do
         todo += [("oracle", "", {}), ("identity", "", {})]
+    shown, do = grid_batch(datamodule)
+    truth, truth_parents = datamodule.true_counterfactual(shown["index"], do)
+    grid = [("factual", shown["x"], shown["pa"]), ("truth", truth, truth_parents)]
     for name, checkpoint, extra in todo:
         print(f"scoring {name}", flush=True)
         references = {"oracle": OracleModel, "identity": IdentityModel}
@@ -304,10 +347,22 @@ def main(argv: list[str] | None = None) -> Path:
             "checkpoint": checkpoint,
             "commit": commit,
             **extra,
-            "scores": score_domains(model, datamodule, judge),
+            **({"options": options} if options else {}),
+            "scores": score_domains(model, datamodule, judge, options=options),
         }
         json_path.write_text(json.dumps(results, indent=2))
         stem.with_suffix(".md").write_text(markdown(results))
+        if "_seed" not in name:  # one row per model in the picture: its seed-0 run
+            with torch.inference_mode():
+                cf = model.counterfactual(
+                    shown["x"], shown["pa"], do, sample_ids=shown["index"], **options
+                )
+            grid.append((name, cf.image, cf.parents))
+    save_grid(
+        grid,
+        f"{stem}-grid.png",
+        "do(domain) between plain and rotated (the sparse shift): this call's models, seed 0",
+    )
     print(stem.with_suffix(".md").read_text())
     return stem.with_suffix(".md")
 

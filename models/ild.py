@@ -49,6 +49,9 @@ is domain-specific: the dense model the paper compares against.
   each domain's abducted noise and the other domains'. The ELBO alone lets the encoder keep the
   domain in ``z_S``, where the decoder reads it, at a cost of at most ``log(domains)`` nats, and
   do(domain) is then the identity again (``benchmarks/results/domains-2026-12-07/notes.md``);
+- the VAE variant keeps the VAE's pixel residual, which the paper does not have, so that its
+  null intervention is exact; a domain counterfactual drops it (``g(z')`` alone), since the
+  residual is pinned to the factual domain's pixels (``benchmarks/results/domains-2026-12-08/``);
 - ``I`` is configured (``intervention_dims``), not searched;
 - ``domain_weight`` (flow variant) adds the model's own domain posterior to the likelihood (see
   :meth:`ILDImageMechanism.loss` for why); 0 is the paper's maximum likelihood.
@@ -367,7 +370,7 @@ class LatentDomainVAEMechanism(VAEMechanism):
     only, and an image whose domain changes is the decoder mean ``g(z')``: the paper's domain
     counterfactual. The residual is pixel-pinned detail of the factual domain's rendering, and a
     domain's mechanism may move every pixel (a rotation); carried across, it leaves the factual
-    digit's ghost (the evidence is in ``benchmarks/results/``).
+    digit's ghost (``benchmarks/results/domains-2026-12-08/notes.md``).
 
     Args:
         graph: the causal graph; ``domain`` names a categorical image parent.

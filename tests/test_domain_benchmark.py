@@ -53,9 +53,20 @@ def test_nothing_to_score_is_refused_with_the_choices(capsys):
 
 @pytest.mark.parametrize(
     "given, message",
-    [("ild_vae", "takes NAME=PATH"), ("=x.ckpt", "takes NAME=PATH"), ("a=nowhere.ckpt", "no file")],
+    [
+        (["--checkpoint", "ild_vae"], "takes NAME=PATH"),
+        (["--checkpoint", "=x.ckpt"], "takes NAME=PATH"),
+        (["--checkpoint", "a=nowhere.ckpt"], "no file"),
+        (["--sweep", "4", "--option", "residual"], "takes NAME=VALUE"),
+    ],
 )
-def test_a_bad_checkpoint_argument_is_refused_before_any_work(given, message, capsys):
+def test_a_bad_argument_is_refused_before_any_work(given, message, capsys):
     with pytest.raises(SystemExit):
-        domain_benchmark.main(["--checkpoint", given])
+        domain_benchmark.main(given)
     assert message in capsys.readouterr().err
+
+
+def test_the_grid_shows_each_sparse_domain_turned_to_the_other(domains):
+    batch, do = domain_benchmark.grid_batch(domains, per_domain=2)
+    assert batch["pa"]["domain"].tolist() == [0, 0, 1, 1]
+    assert do["domain"].tolist() == [1, 1, 0, 0]
