@@ -45,6 +45,7 @@ from common import ROOT  # noqa: E402
 from zoo import git_commit, machine_name, train_with_budget  # noqa: E402
 
 from datamodules import DomainMNISTDataModule  # noqa: E402
+from datamodules.base import evenly_spaced  # noqa: E402
 from datamodules.domains import DOMAINS, SPARSE_DOMAINS  # noqa: E402
 from metrics.figures import save_grid  # noqa: E402
 from metrics.judges import load_or_train_predictor  # noqa: E402
@@ -124,13 +125,16 @@ def score_domains(
 
 
 def grid_batch(datamodule, per_domain: int = 4) -> tuple[dict, dict]:
-    """The first ``per_domain`` test images of each sparse domain, each sent to the other."""
+    """``per_domain`` test images of each sparse domain, evenly spaced over its images (the split
+    is sorted by digit), each sent to the other domain."""
     test = datamodule.test_set
     domain = test.batch(range(len(test)))["pa"]["domain"]
     plain, rotated = (DOMAINS.index(name) for name in SPARSE_DOMAINS)
-    ids = [*(domain == plain).nonzero().flatten()[:per_domain].tolist()]
-    ids += (domain == rotated).nonzero().flatten()[:per_domain].tolist()
-    batch = test.batch(ids)
+    positions = []
+    for d in (plain, rotated):
+        inside = (domain == d).nonzero().flatten()
+        positions += inside[evenly_spaced(len(inside), per_domain)].tolist()
+    batch = test.batch(positions)
     target = torch.where(batch["pa"]["domain"] == plain, rotated, plain)
     return batch, {"domain": target.to(batch["pa"]["domain"].dtype)}
 

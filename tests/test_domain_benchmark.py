@@ -70,3 +70,4 @@ def test_the_grid_shows_each_sparse_domain_turned_to_the_other(domains):
     batch, do = domain_benchmark.grid_batch(domains, per_domain=2)
     assert batch["pa"]["domain"].tolist() == [0, 0, 1, 1]
     assert do["domain"].tolist() == [1, 1, 0, 0]
+    assert len(set(batch["pa"]["digit"].tolist())) > 1  # not the first images: one digit
