@@ -369,8 +369,8 @@ class LatentDomainVAEMechanism(VAEMechanism):
     parents, plus the faded residual where the domain is unchanged. do(domain) moves ``z_I``
     only, and an image whose domain changes is the decoder mean ``g(z')``: the paper's domain
     counterfactual. The residual is pixel-pinned detail of the factual domain's rendering, and a
-    domain's mechanism may move every pixel (a rotation); carried across, it leaves the factual
-    digit's ghost (``benchmarks/results/domains-2026-12-08/notes.md``).
+    domain's mechanism may move every pixel (a rotation); carried across, the factual detail lands
+    where the turned digit is not (``benchmarks/results/domains-2026-12-08/notes.md``).
 
     Args:
         graph: the causal graph; ``domain`` names a categorical image parent.
