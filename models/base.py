@@ -105,9 +105,9 @@ class Counterfactual:
             ``image`` only for the bijective families (flow, ILD), whose inverse can stray just
             outside [0, 1] (see ``ImageMechanism.pixel_range``). Feed it back to
             ``counterfactual`` for an exact round trip: abduction from the clipped ``image``
-            recovers a slightly different noise. Exact while the flow's inverse stays within
-            about +-35 in logit space, beyond which no float64 pixel holds the logit (see
-            ``benchmarks/results/domains-2026-12-02/notes.md``).
+            recovers a slightly different noise. Exact to float error for every finite logit
+            the flow's inverse reaches (``PixelFlow.to_logit``: a logarithmic tail past the
+            sigmoid keeps far logits in float64 pixels).
     """
 
     image: Tensor

@@ -6,7 +6,9 @@ NeurIPS 2018), as the flow mechanisms of DeepSCM (Pawlowski, Castro & Glocker, N
 
 - pixels: ``y = (255 x + d) / 256`` in (0, 1), then ``z = logit(alpha + (1 - 2 alpha) y)``
   (RealNVP section 4.1). In training ``d ~ U[0, 1)`` (uniform dequantisation of the 8-bit values);
-  in abduction ``d = 1/2``, the bin centre, so abduction is deterministic;
+  in abduction ``d = 1/2``, the bin centre, so abduction is deterministic. Past a logit of +-10,
+  where no image's pixel goes, a logarithmic tail replaces the sigmoid so that far
+  counterfactuals' unclipped pixels keep their logits (:meth:`PixelFlow.to_logit`);
 - each scale: squeeze, then ``steps`` x (actnorm, invertible 1 x 1 convolution, affine coupling)
   whose coupling nets see the attributes, then half the channels are factored out as noise;
 - the last scale's output is the rest of the noise. ``u`` is the concatenation, coarsest last.
@@ -170,7 +172,7 @@ class PixelFlow(nn.Module):
         A float64 ``x`` (the unclipped output of :meth:`inverse`) keeps float64 through the logit.
         """
         y = (x * (_LEVELS - 1) + offset) / _LEVELS
-        z, logit_ladj = self.logit.call_and_ladj(y)
+        z, logit_ladj = self.to_logit(y)
         latents, logdet = self.flow(z.to(context.dtype), context)
         u = torch.cat([latent.flatten(1) for latent in latents], dim=1)
         return u, logdet + logit_ladj.flatten(1).sum(1)
@@ -187,17 +189,58 @@ class PixelFlow(nn.Module):
             part.reshape(len(u), *shape) for part, shape in zip(u.split(sizes, 1), self.shapes)
         ]
         z = self.flow.inverse(latents, context)
-        y = self.logit.inv(z if z.device.type == "mps" else z.double())
+        y = self.from_logit(z if z.device.type == "mps" else z.double())
         return (y * _LEVELS - 0.5) / (_LEVELS - 1)
+
+    # Beyond a logit of +-_TAIL the map to pixels leaves the sigmoid for a logarithmic tail with
+    # the same slope there: p = sigma(T) + s log(1 + z - T), s = sigma'(T). Every pixel there is
+    # clipped anyway (real images stay within +-2.95 at logit_alpha=0.05), and a float64 pixel on
+    # a saturated sigmoid can't hold its logit beyond about +-35, so a far counterfactual's
+    # unclipped output abducted another noise (benchmarks/results/domains-2026-12-02/notes.md).
+    # The tail holds every finite logit to a relative 1e-11 and stays bounded (pixel_range).
+    _TAIL = 10.0
+
+    def _tail(self) -> tuple[float, float, float]:
+        """``sigma(T)``, its slope ``s``, and the bin-centre pixel ``y`` where the tail starts."""
+        top = 1.0 / (1.0 + math.exp(-self._TAIL))
+        alpha = self.logit_alpha
+        return top, top * (1.0 - top), (top - alpha) / (1.0 - 2.0 * alpha)
+
+    def to_logit(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``z = logit(alpha + (1 - 2 alpha) y)`` and its log-derivative, elementwise, with the
+        logarithmic tails beyond ``+-_TAIL`` (where no real image goes: bit for bit the plain
+        logit there)."""
+        top, slope, y_top = self._tail()
+        z, ladj = self.logit.call_and_ladj(y.clamp(1.0 - y_top, y_top))
+        scale = 1.0 - 2.0 * self.logit_alpha
+        # how far past the tail's start, in units of the tail's own slope
+        beyond = (scale * (y - y_top).clamp(min=0) - scale * (1.0 - y_top - y).clamp(min=0)) / slope
+        sign = beyond.sign()
+        outside = beyond != 0
+        z = torch.where(outside, sign * (self._TAIL + torch.expm1(beyond.abs())), z)
+        ladj = torch.where(outside, math.log(scale / slope) + beyond.abs(), ladj)
+        return z, ladj
+
+    def from_logit(self, z: Tensor) -> Tensor:
+        """The inverse of :meth:`to_logit`: bin-centre pixels ``y``."""
+        top, slope, y_top = self._tail()
+        y = self.logit.inv(z.clamp(-self._TAIL, self._TAIL))
+        past = (z.abs() - self._TAIL).clamp(min=0)
+        tail = y_top + slope * torch.log1p(past) / (1.0 - 2.0 * self.logit_alpha)
+        return torch.where(past > 0, torch.where(z > 0, tail, 1.0 - tail), y)
 
     @property
     def pixel_range(self) -> tuple[float, float]:
-        """The open interval :meth:`inverse` maps onto: the logit's margin and the bin centre's
-        half level put it just outside [0, 1] (by 0.058 at ``logit_alpha=0.05``)."""
-        margin = self.logit_alpha / (1 - 2 * self.logit_alpha)
+        """The open interval :meth:`inverse` maps onto, for every finite float64 logit: the
+        logit's margin, its bounded tail and the bin centre's half level put it just outside
+        [0, 1] (by 0.093 at ``logit_alpha=0.05``)."""
+        _, slope, y_top = self._tail()
+        largest = y_top + slope * math.log1p(torch.finfo(torch.float64).max) / (
+            1.0 - 2.0 * self.logit_alpha
+        )
         return (
-            (-margin * _LEVELS - 0.5) / (_LEVELS - 1),
-            ((1 + margin) * _LEVELS - 0.5) / (_LEVELS - 1),
+            ((1.0 - largest) * _LEVELS - 0.5) / (_LEVELS - 1),
+            (largest * _LEVELS - 0.5) / (_LEVELS - 1),
         )
 
 
