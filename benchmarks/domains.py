@@ -128,7 +128,7 @@ def grid_batch(datamodule, per_domain: int = 4) -> tuple[dict, dict]:
     """``per_domain`` test images of each sparse domain, evenly spaced over its images (the split
     is sorted by digit), each sent to the other domain."""
     test = datamodule.test_set
-    domain = test.batch(range(len(test)))["pa"]["domain"]
+    domain = test.attributes["domain"][test.indices]  # the column alone, not the images
     plain, rotated = (DOMAINS.index(name) for name in SPARSE_DOMAINS)
     positions = []
     for d in (plain, rotated):
